@@ -1,0 +1,68 @@
+"""Builds torchext._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is found.
+
+Switches (environment variables):
+  USE_CUDA=0                skip the CUDA kernels; USE_CUDA=1 fails loudly if they cannot be built
+  DEBUG=1                   -O0 -g instead of -O3
+  TORCH_CUDA_ARCH_LIST      GPU architectures; when unset and no GPU is visible: "8.0;9.0+PTX"
+                            (Ampere, Hopper, and PTX that newer GPUs compile on first use)
+  MAX_JOBS                  parallel compile jobs (ninja)
+"""
+
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def want_cuda() -> bool:
+    flag = os.environ.get("USE_CUDA")
+    found = torch.version.cuda is not None and CUDA_HOME is not None and (
+        shutil.which("nvcc") is not None or os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    )
+    if flag == "1" and not found:
+        raise RuntimeError(
+            f"USE_CUDA=1 but CUDA cannot be built: torch.version.cuda={torch.version.cuda}, "
+            f"CUDA_HOME={CUDA_HOME}. Install a CUDA build of torch and the CUDA toolkit (nvcc)."
+        )
+    return found if flag is None else flag != "0" and found
+
+
+def cuda_archs() -> str:
+    # Without a visible GPU torch would compile for every architecture it knows (slow); with one,
+    # torch picks that GPU's architecture itself.
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+    return os.environ.get("TORCH_CUDA_ARCH_LIST", "detected")
+
+
+def extension():
+    debug = os.environ.get("DEBUG", "0") == "1"
+    cuda = want_cuda()
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    sources = ["csrc/ops.cpp", "csrc/common.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    archs = cuda_archs() if cuda else ""
+    # -fopenmp at compile *and* link: at::parallel_for is inlined into this library and runs
+    # serially without it. torch ships libgomp.so.1, the same soname, so one OpenMP runtime runs.
+    cxx = opt + ["-fopenmp", f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
+    kwargs = dict(
+        name="torchext._C",
+        extra_link_args=["-fopenmp"],
+        py_limited_api=False,
+    )
+    if not cuda:
+        return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    # nvcc: no --use_fast_math, so CUDA results match the CPU's and the reference's.
+    nvcc = opt + ["-lineinfo"]
+    return CUDAExtension(
+        sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        **kwargs,
+    )
+
+
+setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})

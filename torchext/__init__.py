@@ -1,0 +1,49 @@
+"""torchext: fused C++/CUDA kernels for small hot ops, as drop-in ``torch.autograd.Function``s.
+
+    torchext.cubic(x, a, b, c, d)               # a + b*x + c*x**2 + d*x**3
+    torchext.legendre_p3(x)                     # 0.5 * (5*x**3 - 3*x)
+    torchext.affine_legendre_p3(x, a, b, c, d)  # a + b * P3(c + d*x)
+    torchext.relu(x)                            # torch.relu, bit for bit
+
+The Functions behind them (``CubicFunction`` ...), the modules in ``torchext.nn``, the pure-Python
+baseline in ``torchext.reference`` and the operators in ``torch.ops.torchext``.
+"""
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (its import registers torch.ops.torchext.*)
+except ImportError as e:
+    raise ImportError(
+        "torchext's compiled kernels (torchext._C) could not be loaded: "
+        f"{e}. Build them against the torch you have, from the repository root:\n"
+        "    pip install --no-build-isolation -e .\n"
+        "(after upgrading torch, rebuild the same way; see README.md, Troubleshooting)"
+    ) from e
+
+from . import nn, reference
+from .functional import (
+    AffineLegendreP3Function,
+    CubicFunction,
+    LegendreP3Function,
+    ReLUFunction,
+    affine_legendre_p3,
+    cubic,
+    legendre_p3,
+    relu,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AffineLegendreP3Function",
+    "CubicFunction",
+    "LegendreP3Function",
+    "ReLUFunction",
+    "affine_legendre_p3",
+    "cubic",
+    "legendre_p3",
+    "nn",
+    "reference",
+    "relu",
+]

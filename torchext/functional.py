@@ -1,0 +1,337 @@
+"""The differentiable torchext ops: one ``torch.autograd.Function`` per op over the operators in
+``torch.ops.torchext`` (csrc/ops.cpp), and the fake kernels that tell ``torch.compile`` and meta
+tensors what those operators return.
+
+Each op's first-order backward is one fused kernel. So that double backward works (gradgradcheck),
+that kernel sits in a Function of its own whose backward is written with plain torch ops or the
+fused ops themselves: second order is rare and need not be fast.
+
+The wrappers are on the hot path (at the tutorial's 2000 elements a call is all overhead): they do
+nothing but convert Python-number coefficients, call the operator and save for backward. Checks
+live in the C++ kernels (csrc/common.cpp) and, for fake tensors, in ``_check_fake`` below.
+"""
+
+import numbers
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AffineLegendreP3Function",
+    "CubicFunction",
+    "LegendreP3Function",
+    "ReLUFunction",
+    "affine_legendre_p3",
+    "cubic",
+    "legendre_p3",
+    "relu",
+]
+
+_ops = torch.ops.torchext
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ---- coefficients -------------------------------------------------------------------------------
+
+
+def _coef(op: str, name: str, value, x):
+    """A coefficient as the operators take it: a tensor as it is; a real number as a 0-dim tensor
+    on x's device in x's op-math type (float32 for half and bfloat16), as torch treats a Python
+    scalar in ``b * x``. ``torch.full`` fills on the device: no host-to-device copy, no sync."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"torchext.{op}: coefficient '{name}' must be a real number or a one-element floating "
+            f"tensor, got {type(value).__name__}"
+        )
+    if not isinstance(x, Tensor):
+        raise TypeError(f"torchext.{op}: 'x' must be a torch.Tensor, got {type(x).__name__}")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.full((), value, dtype=dtype, device=x.device)
+
+
+def _coefs(op: str, x, a, b, c, d):
+    return _coef(op, "a", a, x), _coef(op, "b", b, x), _coef(op, "c", c, x), _coef(op, "d", d, x)
+
+
+def _sum_to(t: Tensor, like: Tensor) -> Tensor:
+    """The gradient of a one-element coefficient: t summed, in the coefficient's shape."""
+    return t.sum().reshape(like.shape)
+
+
+def _needed(ctx, grads):
+    """None for the inputs that need no gradient (Python numbers among them)."""
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+# ---- cubic: a + b·x + c·x² + d·x³ -----------------------------------------------------------------
+
+
+class CubicFunction(torch.autograd.Function):
+    """``a + b*x + c*x**2 + d*x**3`` with one fused kernel forward and one fused backward pass
+    (``dx = g*(b + 2c*x + 3d*x**2)`` and ``da, db, dc, dd = Σg, Σg*x, Σg*x², Σg*x³``).
+
+    ``x``: a floating tensor of any shape and strides; ``a, b, c, d``: numbers or one-element
+    floating tensors on x's device. Returns a contiguous tensor shaped and typed like ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, a, b, c, d):
+        coefs = _coefs("cubic", x, a, b, c, d)
+        ctx.save_for_backward(x, *coefs)
+        return _ops.cubic(x, *coefs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _needed(ctx, _CubicBackward.apply(grad, *ctx.saved_tensors))
+
+
+class _CubicBackward(torch.autograd.Function):
+    """The fused first-order backward of cubic, differentiable once more with torch ops."""
+
+    @staticmethod
+    def forward(ctx, grad, x, a, b, c, d):
+        ctx.save_for_backward(grad, x, a, b, c, d)
+        return _ops.cubic_backward(grad, x, a, b, c, d)
+
+    @staticmethod
+    def backward(ctx, gdx, gda, gdb, gdc, gdd):
+        # The first order was dx = g·p'(x) with p'(x) = b + 2c·x + 3d·x², and
+        # (da, db, dc, dd) = Σ g·(1, x, x², x³). Differentiate gdx·dx + gda·da + ... .
+        g, x, a, b, c, d = ctx.saved_tensors
+        dp = b + x * (2 * c + 3 * d * x)
+        gg = gdx * dp + gda + x * (gdb + x * (gdc + x * gdd))
+        gx = g * (gdx * (2 * c + 6 * d * x) + gdb + x * (2 * gdc + 3 * gdd * x))
+        gdxg = gdx * g
+        return (
+            gg,
+            gx,
+            None,  # nothing in the first order depends on a
+            _sum_to(gdxg, b),
+            _sum_to(2 * gdxg * x, c),
+            _sum_to(3 * gdxg * x * x, d),
+        )
+
+
+def cubic(x: Tensor, a, b, c, d) -> Tensor:
+    """``a + b*x + c*x**2 + d*x**3``, fused; differentiable in x and in each tensor coefficient."""
+    return CubicFunction.apply(x, a, b, c, d)
+
+
+# ---- Legendre P3(x) = ½(5x³ − 3x) ---------------------------------------------------------------
+
+
+class LegendreP3Function(torch.autograd.Function):
+    """``P3(x) = 0.5*(5*x**3 - 3*x)``, one fused kernel each way (``dx = g*1.5*(5x² - 1)``).
+    The fused twin of the tutorial's ``LegendrePolynomial3``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _ops.legendre_p3(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _LegendreP3Backward.apply(grad, x)
+
+
+class _LegendreP3Backward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, x):
+        ctx.save_for_backward(grad, x)
+        return _ops.legendre_p3_backward(grad, x)
+
+    @staticmethod
+    def backward(ctx, gdx):
+        # dx = g·P3'(x): d/dg = P3'(x)·gdx (the fused op again), d/dx = g·P3''(x)·gdx = 15·g·x·gdx
+        g, x = ctx.saved_tensors
+        return _LegendreP3Backward.apply(gdx, x), 15 * g * x * gdx
+
+
+def legendre_p3(x: Tensor) -> Tensor:
+    """The Legendre polynomial ``P3(x) = 0.5*(5*x**3 - 3*x)``, fused."""
+    return LegendreP3Function.apply(x)
+
+
+# ---- affine P3: a + b·P3(c + d·x) ---------------------------------------------------------------
+
+
+class AffineLegendreP3Function(torch.autograd.Function):
+    """The tutorial's whole model ``a + b*P3(c + d*x)`` in one forward kernel and one backward pass.
+    With ``u = c + d*x``: ``dx = g*b*P3'(u)*d``, ``da = Σg``, ``db = Σg*P3(u)``,
+    ``dc = Σg*b*P3'(u)``, ``dd = Σg*b*P3'(u)*x``. Arguments as for :class:`CubicFunction`."""
+
+    @staticmethod
+    def forward(ctx, x, a, b, c, d):
+        coefs = _coefs("affine_legendre_p3", x, a, b, c, d)
+        ctx.save_for_backward(x, *coefs)
+        return _ops.affine_legendre_p3(x, *coefs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _needed(ctx, _AffineLegendreP3Backward.apply(grad, *ctx.saved_tensors))
+
+
+class _AffineLegendreP3Backward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, x, a, b, c, d):
+        ctx.save_for_backward(grad, x, a, b, c, d)
+        return _ops.affine_legendre_p3_backward(grad, x, a, b, c, d)
+
+    @staticmethod
+    def backward(ctx, gdx, gda, gdb, gdc, gdd):
+        # The first order: with P = P3(u), P' = P3'(u), dx, dc, dd = g·b·P'·(d, 1, x) and
+        # da, db = Σg, Σg·P. With w = gdx·d + gdc + gdd·x the sum of all terms is
+        # Σ g·b·P'·w + gda·Σg + gdb·Σg·P; differentiate it (P'' = 15u).
+        g, x, a, b, c, d = ctx.saved_tensors
+        u = c + d * x
+        p = 0.5 * u * (5 * u * u - 3)
+        dp = 1.5 * (5 * u * u - 1)
+        ddp = 15 * u
+        w = gdx * d + gdc + gdd * x
+        gbddp_w = g * b * ddp * w
+        gpd = g * dp  # ∂(g·P)/∂u
+        gg = b * dp * w + gda + gdb * p
+        gx = gbddp_w * d + g * b * dp * gdd + gdb * gpd * d
+        return (
+            gg,
+            gx,
+            None,  # nothing in the first order depends on a
+            _sum_to(gpd * w, b),
+            _sum_to(gbddp_w + gdb * gpd, c),
+            _sum_to(gbddp_w * x + g * b * dp * gdx + gdb * gpd * x, d),
+        )
+
+
+def affine_legendre_p3(x: Tensor, a, b, c, d) -> Tensor:
+    """``a + b * P3(c + d*x)`` (the tutorial's model), fused."""
+    return AffineLegendreP3Function.apply(x, a, b, c, d)
+
+
+# ---- ReLU -----------------------------------------------------------------------------------------
+
+
+class ReLUFunction(torch.autograd.Function):
+    """``torch.relu``, bit for bit, values and gradients: ``x < 0 ? 0 : x`` (NaN stays NaN,
+    ``-0.0`` stays ``-0.0``); the gradient is 0 where the result is ``<= 0`` (so 0 at ``x == 0``)
+    and passes through where it is positive or NaN. It saves the result, not x.
+
+    The tutorial's ``MyReLU`` differs at exactly ``x == 0``: it zeroes the gradient only where
+    ``x < 0``, so at 0 it passes the gradient (1) where torch.relu and this op give 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = _ops.relu(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return _ReLUBackward.apply(grad, y)
+
+
+class _ReLUInplaceFunction(torch.autograd.Function):
+    """relu_(x): the result written back into x (which autograd then knows has changed)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x.copy_(_ops.relu(x))
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    backward = staticmethod(ReLUFunction.backward)
+
+
+class _ReLUBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, y):
+        ctx.save_for_backward(y)
+        return _ops.relu_backward(grad, y)
+
+    @staticmethod
+    def backward(ctx, gdx):
+        # dx = mask(y)·g is linear in g, and its derivative in y is zero almost everywhere.
+        (y,) = ctx.saved_tensors
+        return _ReLUBackward.apply(gdx, y), None
+
+
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
+    """``torch.relu(x)`` (or ``torch.relu_(x)`` with ``inplace=True``), fused, bit for bit."""
+    return (_ReLUInplaceFunction if inplace else ReLUFunction).apply(x)
+
+
+# ---- fake kernels: what each operator returns, for torch.compile, export and meta tensors ----------
+
+
+def _check_fake(op: str, x: Tensor, *coefs: Tensor) -> None:
+    """The checks of csrc/common.cpp, for tensors that have no data."""
+    if x.dtype not in _FLOATS:
+        raise TypeError(
+            f"torchext.{op}: 'x' must be a float16, bfloat16, float32 or float64 tensor, "
+            f"got {x.dtype}"
+        )
+    for name, c in zip("abcd", coefs):
+        if c.dtype not in _FLOATS:
+            raise TypeError(f"torchext.{op}: coefficient '{name}' must be a floating tensor, "
+                            f"got {c.dtype}")
+        if c.numel() != 1 or c.dim() > 1:
+            raise ValueError(f"torchext.{op}: coefficient '{name}' must be a number or a "
+                             f"one-element tensor of shape () or (1,), got shape {tuple(c.shape)}")
+        if c.device != x.device:
+            raise RuntimeError(f"torchext.{op}: coefficient '{name}' is on {c.device} but x is on "
+                               f"{x.device}; coefficients must be on x's device")
+
+
+def _check_fake_grad(op: str, grad: Tensor, x: Tensor) -> None:
+    if grad.shape != x.shape or grad.dtype != x.dtype or grad.device != x.device:
+        raise ValueError(f"torchext.{op}: 'grad' must match x in shape, dtype and device")
+
+
+def _dense_like(x: Tensor) -> Tensor:
+    return x.new_empty(x.shape)
+
+
+def _coef_grads_like(*coefs: Tensor):
+    return tuple(torch.empty_like(c, memory_format=torch.contiguous_format) for c in coefs)
+
+
+def _register_fakes() -> None:
+    def unary(op):
+        def fake(x):
+            _check_fake(op, x)
+            return _dense_like(x)
+
+        torch.library.register_fake(f"torchext::{op}")(fake)
+
+    def unary_backward(op):
+        def fake(grad, v):
+            _check_fake(op, v)
+            _check_fake_grad(op, grad, v)
+            return _dense_like(v)
+
+        torch.library.register_fake(f"torchext::{op}_backward")(fake)
+
+    def with_coefs(op):
+        def fake(x, a, b, c, d):
+            _check_fake(op, x, a, b, c, d)
+            return _dense_like(x)
+
+        def fake_backward(grad, x, a, b, c, d):
+            _check_fake(op, x, a, b, c, d)
+            _check_fake_grad(op, grad, x)
+            return (_dense_like(x), *_coef_grads_like(a, b, c, d))
+
+        torch.library.register_fake(f"torchext::{op}")(fake)
+        torch.library.register_fake(f"torchext::{op}_backward")(fake_backward)
+
+    for op in ("legendre_p3", "relu"):
+        unary(op)
+        unary_backward(op)
+    for op in ("cubic", "affine_legendre_p3"):
+        with_coefs(op)
+
+
+_register_fakes()

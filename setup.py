@@ -12,9 +12,33 @@ import glob
 import os
 import shutil
 
-import torch
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _set_cuda_home() -> None:
+    """torch takes CUDA_HOME from the nvcc on PATH, which is wrong when that nvcc is a wrapper
+    script outside the toolkit (as /usr/local/bin/nvcc is on some machines: torch then looks for
+    libcudart in /usr/local/lib). Prefer a folder that really holds the toolkit."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_set_cuda_home()
+
+import torch  # noqa: E402  (after CUDA_HOME is settled: cpp_extension reads it on import)
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 

@@ -12,6 +12,7 @@ def _param(value, device, dtype) -> torch.nn.Parameter:
     """A scalar parameter: ``randn(())`` (the tutorial's draw) when value is None."""
     if value is None:
         return torch.nn.Parameter(torch.randn((), device=device, dtype=dtype))
+    dtype = dtype or torch.get_default_dtype()  # an int given as a value still makes a float
     return torch.nn.Parameter(torch.as_tensor(value, device=device, dtype=dtype).clone())
 
 

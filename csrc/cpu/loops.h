@@ -10,10 +10,10 @@
 #pragma once
 
 #include <ATen/Parallel.h>
-#include <c10/util/SmallVector.h>
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 namespace torchext {
 namespace cpu {
@@ -51,7 +51,7 @@ std::array<acc_t, 4> map2_reduce4(const scalar_t* __restrict__ g, const scalar_t
                                   scalar_t* __restrict__ dx, int64_t n, Op op) {
   op.load();
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  c10::SmallVector<std::array<acc_t, 4>, 16> partial(chunks);
+  std::vector<std::array<acc_t, 4>> partial(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t ch = cb; ch < ce; ++ch) {
       const int64_t begin = ch * kChunk, end = std::min(n, begin + kChunk);

@@ -1,0 +1,76 @@
+"""Shared test axes: devices, dtypes with their tolerances, and input makers.
+
+CUDA cases run wherever a GPU is visible and torchext was built with CUDA kernels, and are skipped
+with the reason where not.
+"""
+
+import pytest
+import torch
+
+import torchext  # noqa: F401  (registers torch.ops.torchext)
+
+
+def _cuda_skip_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("torchext::cubic", "CUDA"):
+        return "torchext was built without CUDA kernels"
+    return None
+
+
+CUDA_SKIP = _cuda_skip_reason()
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))),
+]
+
+# dtype -> (atol, rtol) for values and gradients against a float64 reference, on inputs of
+# magnitude ~1 and coefficients ~1.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-4),
+    torch.bfloat16: (1e-1, 2e-2),
+    torch.float16: (1e-2, 2e-3),
+}
+DTYPES = list(TOLERANCES)
+
+# Odd sizes (vector tails, parallel chunk edges) and the CPU reduction chunk boundary.
+SIZES = [1, 7, 33, 1000, 2000, 16385, 100_003]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def dtype(request):
+    return request.param
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", requires_grad=False, seed=None):
+    """Random normal values (never zeros: they hide unwritten outputs)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else torch.default_generator
+    t = torch.randn(shape, dtype=torch.float64, generator=gen).to(dtype=dtype, device=device)
+    return t.requires_grad_(requires_grad)
+
+
+def coefs(dtype=torch.float32, device="cpu", shape=(), requires_grad=True, seed=0):
+    """Four random one-element coefficients a, b, c, d."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(shape, dtype=torch.float64, generator=gen)
+        .to(dtype=dtype, device=device)
+        .requires_grad_(requires_grad)
+        for _ in range(4)
+    ]
+
+
+def assert_close(actual, expected, dtype, scale=1.0):
+    """Compare with the dtype's tolerance; `scale` widens it for results that are sums."""
+    atol, rtol = TOLERANCES[dtype]
+    torch.testing.assert_close(
+        actual.double().cpu(), expected.double().cpu(), atol=atol * scale, rtol=rtol * scale,
+        equal_nan=True,
+    )

@@ -1,0 +1,82 @@
+"""torchext.relu: the shared checks (tests/_checks.py), bitwise equality with torch.relu, the
+in-place form, and how it differs from the tutorial's MyReLU at zero."""
+
+import pytest
+import torch
+from _checks import OpChecks
+from conftest import DTYPES, randn
+
+import torchext
+from torchext import reference
+
+
+class TestRelu(OpChecks):
+    op = "relu"
+
+
+def special_values(dtype, device):
+    info = torch.finfo(dtype)
+    vals = [0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), float("nan"), info.max, -info.max,
+            info.tiny, -info.tiny, info.smallest_normal / 4, -info.smallest_normal / 4, info.eps]
+    special = torch.tensor(vals, dtype=torch.float64).to(dtype)
+    # Extreme and random values, with the specials scattered through a vector-sized body.
+    body = randn(1000, dtype=dtype) * torch.logspace(-30, 30, 1000).to(dtype)
+    return torch.cat([special, body, special]).to(device)
+
+
+def same_bits(a, b):
+    """Bitwise equality of every non-NaN value (so the sign of zero too), and NaN in the same
+    places. NaN payloads are not compared: torch's own bfloat16 relu rewrites them (0x7FC0 in,
+    0xFFFF out), while torchext returns the NaN it was given."""
+    view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    nan = torch.isnan(a)
+    if not torch.equal(nan, torch.isnan(b)):
+        return False
+    return torch.equal(a[~nan].contiguous().view(view), b[~nan].contiguous().view(view))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bitwise_equal_to_torch_relu(device, dtype):
+    x = special_values(dtype, device).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = torchext.relu(x), torch.relu(x_ref)
+    assert same_bits(y, y_ref)
+    g = randn(*x.shape, dtype=dtype, device=device)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g)
+    assert same_bits(gx, gx_ref)
+
+
+def test_gradient_at_zero_differs_from_tutorial_myrelu(device):
+    x = torch.tensor([-1.0, -0.0, 0.0, 2.0], device=device, requires_grad=True)
+    (ours,) = torch.autograd.grad(torchext.relu(x).sum(), x)
+    (tutorial,) = torch.autograd.grad(reference.MyReLU.apply(x).sum(), x)
+    assert ours.tolist() == [0.0, 0.0, 0.0, 1.0]  # as torch.relu
+    assert tutorial.tolist() == [0.0, 1.0, 1.0, 1.0]  # MyReLU zeroes only x < 0
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["function", "module"])
+def test_inplace(device, module):
+    leaf = randn(50, device=device, requires_grad=True)
+    x = leaf * 1  # in-place needs a non-leaf, as for torch.relu_
+    x_ref = leaf.detach().clone().requires_grad_() * 1
+    y = torchext.nn.ReLU(inplace=True)(x) if module else torchext.relu(x, inplace=True)
+    assert y.data_ptr() == x.data_ptr()
+    y_ref = torch.relu_(x_ref)
+    assert torch.equal(y, y_ref)
+    y.sum().backward()
+    expected = (y_ref > 0).to(leaf.dtype)
+    torch.testing.assert_close(leaf.grad, expected)
+
+
+def test_inplace_on_leaf_requiring_grad_raises(device):
+    x = randn(5, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="in-place"):
+        torchext.relu(x, inplace=True)
+
+
+def test_saves_only_the_result():
+    x = randn(100, requires_grad=True)
+    y = torchext.relu(x)
+    saved = y.grad_fn.saved_tensors
+    assert len(saved) == 1 and saved[0].data_ptr() == y.data_ptr()

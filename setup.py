@@ -72,7 +72,9 @@ def extension():
     archs = cuda_archs() if cuda else ""
     # -fopenmp at compile *and* link: at::parallel_for is inlined into this library and runs
     # serially without it. torch ships libgomp.so.1, the same soname, so one OpenMP runtime runs.
-    cxx = opt + ["-fopenmp", f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
+    # -ffp-contract=off: no fused multiply-adds, so the baseline and AVX2 loops (cpu/loops.h) give
+    # the same bits and a CPU result does not depend on which x86-64 machine computed it.
+    cxx = opt + ["-fopenmp", "-ffp-contract=off", f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
     kwargs = dict(
         name="torchext._C",
         extra_link_args=["-fopenmp"],

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <string>
 
+#include "cpu/isa.h"
+
 #ifndef TORCHEXT_CUDA_ARCHS
 #define TORCHEXT_CUDA_ARCHS ""
 #endif
@@ -32,6 +34,8 @@ std::string build_info() {
 #else
   info += ";openmp=0";
 #endif
+  info += ";cpu_isa=";
+  info += cpu::isa_name();
   return info;
 }
 

@@ -1,6 +1,7 @@
 """The build: OpenMP really on, every operator registered for every backend it was built for, and
 a clear error when the compiled library is missing."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -59,3 +60,38 @@ def test_missing_library_says_how_to_build():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode != 0
     assert "pip install --no-build-isolation -e ." in out.stderr
+
+
+ISA_PROBE = textwrap.dedent(
+    """
+    import sys, torch, torchext
+    torch.manual_seed(0)
+    out = []
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        x = torch.randn(70_001, dtype=torch.float64).to(dtype).requires_grad_()
+        cs = [torch.randn((), requires_grad=True) for _ in range(4)]
+        g = torch.randn(70_001, dtype=torch.float64).to(dtype)
+        for op in ("cubic", "affine_legendre_p3", "legendre_p3", "relu"):
+            args = cs if op in ("cubic", "affine_legendre_p3") else []
+            y = getattr(torchext, op)(x, *args)
+            out += [y, *torch.autograd.grad(y, [x, *args], g)]
+    torch.save([t.detach() for t in out], sys.argv[1])
+    print(torch.ops.torchext._build_info())
+    """
+)
+
+
+def test_baseline_and_avx2_loops_agree_bitwise(tmp_path):
+    """The CPU loops are compiled for baseline x86-64 and for AVX2; both must give the same bits."""
+    results = {}
+    for isa in ("base", "auto"):
+        env = dict(os.environ, TORCHEXT_CPU_ISA=isa)
+        path = tmp_path / f"{isa}.pt"
+        run = subprocess.run([sys.executable, "-c", ISA_PROBE, str(path)], env=env,
+                             capture_output=True, text=True, check=True)
+        results[isa] = (run.stdout, torch.load(path))
+    assert "cpu_isa=base" in results["base"][0]
+    if "cpu_isa=avx2" not in results["auto"][0]:
+        pytest.skip("this CPU has no AVX2: only the baseline loops run here")
+    for a, b in zip(results["base"][1], results["auto"][1]):
+        assert torch.equal(a, b)

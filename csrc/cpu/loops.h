@@ -9,11 +9,18 @@
 // of threads.
 #pragma once
 
+// Every torch header first: nothing of torch's may be compiled under the AVX2 pragma below.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <tuple>
 #include <vector>
+
+#include "../common.h"
+#include "isa.h"
 
 namespace torchext {
 namespace cpu {
@@ -26,73 +33,44 @@ constexpr int64_t kGrain = 1 << 15;
 constexpr int64_t kChunk = 1 << 14;
 constexpr int kLanes = 16;
 
-// y[i] = op.forward(x[i])
-template <typename scalar_t, typename Op>
-void map(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, Op op) {
-  op.load();
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) y[i] = op.forward(x[i]);
-  });
-}
+}  // namespace cpu
+}  // namespace torchext
 
-// out[i] = op.backward(g[i], v[i])
-template <typename scalar_t, typename Op>
-void map2(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
-          scalar_t* __restrict__ out, int64_t n, Op op) {
-  op.load();
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) out[i] = op.backward(g[i], v[i]);
-  });
-}
+// The loops, for baseline x86-64 and for AVX2 (picked at run time by isa() below). PyTorch
+// wheels are built for the baseline too, so without this the compiler may use SSE2 only: half the
+// width, and measured twice as slow (benchmarks/NOTES.md).
+#define TORCHEXT_ISA base
+#include "loops_impl.h"
+#undef TORCHEXT_ISA
 
-// dx[i] = op.backward(g[i], x[i], t) and returns Σ t[k] for k < 4, in op-math type.
-template <typename scalar_t, typename Op, typename acc_t = typename Op::acc_t>
-std::array<acc_t, 4> map2_reduce4(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                                  scalar_t* __restrict__ dx, int64_t n, Op op) {
-  op.load();
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<std::array<acc_t, 4>> partial(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t ch = cb; ch < ce; ++ch) {
-      const int64_t begin = ch * kChunk, end = std::min(n, begin + kChunk);
-      acc_t acc[4][kLanes] = {};
-      int64_t i = begin;
-      for (; i + kLanes <= end; i += kLanes) {
-        for (int l = 0; l < kLanes; ++l) {
-          acc_t t[4];
-          dx[i + l] = op.backward(g[i + l], x[i + l], t);
-          for (int k = 0; k < 4; ++k) acc[k][l] += t[k];
-        }
-      }
-      for (int l = 0; i < end; ++i, ++l) {
-        acc_t t[4];
-        dx[i] = op.backward(g[i], x[i], t);
-        for (int k = 0; k < 4; ++k) acc[k][l] += t[k];
-      }
-      for (int k = 0; k < 4; ++k) {
-        acc_t s = 0;
-        for (int l = 0; l < kLanes; ++l) s += acc[k][l];
-        partial[ch][k] = s;
-      }
-    }
-  });
-  std::array<acc_t, 4> sums = {};
-  for (const auto& p : partial)
-    for (int k = 0; k < 4; ++k) sums[k] += p[k];
-  return sums;
-}
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TORCHEXT_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#define TORCHEXT_ISA avx2
+#include "loops_impl.h"
+#undef TORCHEXT_ISA
+#pragma GCC pop_options
+#else
+#define TORCHEXT_HAVE_AVX2 0
+#endif
+
+namespace torchext {
+namespace cpu {
+
+// Runs the loop `NAME` of the chosen instruction set.
+#if TORCHEXT_HAVE_AVX2
+#define TORCHEXT_CPU_LOOP(NAME, ...) \
+  (::torchext::cpu::isa() == ::torchext::cpu::Isa::Avx2 ? avx2::NAME(__VA_ARGS__) : base::NAME(__VA_ARGS__))
+#else
+#define TORCHEXT_CPU_LOOP(NAME, ...) base::NAME(__VA_ARGS__)
+#endif
 
 }  // namespace cpu
 }  // namespace torchext
 
 // ---- drivers: dispatch on dtype and run a loop over what common.h prepared -------------------
 // Every op's CPU kernel is one of these four; cpu/<op>.cpp only names its functor.
-
-#include <ATen/Dispatch.h>
-
-#include <tuple>
-
-#include "../common.h"
 
 namespace torchext {
 namespace cpu {
@@ -107,8 +85,8 @@ template <template <typename> class Op>
 at::Tensor unary_forward(const char* op, const at::Tensor& x) {
   Forward f = prepare_forward(op, x);
   TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-    map(f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(), f.x.numel(),
-        Op<scalar_t>{});
+    TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
+                      f.x.numel(), Op<scalar_t>{});
   });
   return f.y;
 }
@@ -119,8 +97,8 @@ at::Tensor unary_backward(const char* op, const at::Tensor& grad, const at::Tens
                           const char* v_name) {
   Backward bw = prepare_backward(op, grad, v, v_name);
   TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-    map2(bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-         bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{});
+    TORCHEXT_CPU_LOOP(map2, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
+                      bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{});
   });
   return bw.dx;
 }
@@ -131,8 +109,8 @@ at::Tensor coef_forward(const char* op, const at::Tensor& x, const at::Tensor& a
                         const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
   Forward f = prepare_forward(op, x, a, b, c, d);
   TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-    map(f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(), f.x.numel(),
-        Op<scalar_t>{f.coefs});
+    TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
+                      f.x.numel(), Op<scalar_t>{f.coefs});
   });
   return f.y;
 }
@@ -144,9 +122,9 @@ Grads5 coef_backward(const char* op, const at::Tensor& grad, const at::Tensor& x
                      const at::Tensor& d) {
   Backward bw = prepare_backward(op, grad, x, a, b, c, d);
   TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-    const auto sums = map2_reduce4(bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-                                   bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(),
-                                   Op<scalar_t>{bw.coefs});
+    const auto sums = TORCHEXT_CPU_LOOP(
+        map2_reduce4, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
+        bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{bw.coefs});
     for (int k = 0; k < 4; ++k) math::store(bw.coef_out.ptr[k], bw.coef_out.dtype[k], sums[k]);
   });
   auto& cg = bw.coef_grads;

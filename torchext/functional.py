@@ -27,8 +27,26 @@ __all__ = [
     "relu",
 ]
 
-_ops = torch.ops.torchext
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# The operators, as their OpOverloads: calling one skips the overload resolution of
+# torch.ops.torchext.<op>(...), a few µs a call.
+_cubic = torch.ops.torchext.cubic.default
+_cubic_backward = torch.ops.torchext.cubic_backward.default
+_legendre_p3 = torch.ops.torchext.legendre_p3.default
+_legendre_p3_backward = torch.ops.torchext.legendre_p3_backward.default
+_affine_legendre_p3 = torch.ops.torchext.affine_legendre_p3.default
+_affine_legendre_p3_backward = torch.ops.torchext.affine_legendre_p3_backward.default
+_relu = torch.ops.torchext.relu.default
+_relu_backward = torch.ops.torchext.relu_backward.default
+
+
+def _first_order(function, op, *args):
+    """The fused backward kernel. Through its differentiable Function only when autograd is
+    recording the backward itself (create_graph=True, double backward): otherwise the Function
+    would only add its Python overhead."""
+    return function.apply(*args) if torch.is_grad_enabled() else op(*args)
 
 
 # ---- coefficients -------------------------------------------------------------------------------
@@ -79,11 +97,11 @@ class CubicFunction(torch.autograd.Function):
     def forward(ctx, x, a, b, c, d):
         coefs = _coefs("cubic", x, a, b, c, d)
         ctx.save_for_backward(x, *coefs)
-        return _ops.cubic(x, *coefs)
+        return _cubic(x, *coefs)
 
     @staticmethod
     def backward(ctx, grad):
-        return _needed(ctx, _CubicBackward.apply(grad, *ctx.saved_tensors))
+        return _needed(ctx, _first_order(_CubicBackward, _cubic_backward, grad, *ctx.saved_tensors))
 
 
 class _CubicBackward(torch.autograd.Function):
@@ -92,7 +110,7 @@ class _CubicBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad, x, a, b, c, d):
         ctx.save_for_backward(grad, x, a, b, c, d)
-        return _ops.cubic_backward(grad, x, a, b, c, d)
+        return _cubic_backward(grad, x, a, b, c, d)
 
     @staticmethod
     def backward(ctx, gdx, gda, gdb, gdc, gdd):
@@ -128,19 +146,19 @@ class LegendreP3Function(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return _ops.legendre_p3(x)
+        return _legendre_p3(x)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return _LegendreP3Backward.apply(grad, x)
+        return _first_order(_LegendreP3Backward, _legendre_p3_backward, grad, x)
 
 
 class _LegendreP3Backward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad, x):
         ctx.save_for_backward(grad, x)
-        return _ops.legendre_p3_backward(grad, x)
+        return _legendre_p3_backward(grad, x)
 
     @staticmethod
     def backward(ctx, gdx):
@@ -166,18 +184,23 @@ class AffineLegendreP3Function(torch.autograd.Function):
     def forward(ctx, x, a, b, c, d):
         coefs = _coefs("affine_legendre_p3", x, a, b, c, d)
         ctx.save_for_backward(x, *coefs)
-        return _ops.affine_legendre_p3(x, *coefs)
+        return _affine_legendre_p3(x, *coefs)
 
     @staticmethod
     def backward(ctx, grad):
-        return _needed(ctx, _AffineLegendreP3Backward.apply(grad, *ctx.saved_tensors))
+        return _needed(
+            ctx,
+            _first_order(
+                _AffineLegendreP3Backward, _affine_legendre_p3_backward, grad, *ctx.saved_tensors
+            ),
+        )
 
 
 class _AffineLegendreP3Backward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad, x, a, b, c, d):
         ctx.save_for_backward(grad, x, a, b, c, d)
-        return _ops.affine_legendre_p3_backward(grad, x, a, b, c, d)
+        return _affine_legendre_p3_backward(grad, x, a, b, c, d)
 
     @staticmethod
     def backward(ctx, gdx, gda, gdb, gdc, gdd):
@@ -222,14 +245,14 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = _ops.relu(x)
+        y = _relu(x)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return _ReLUBackward.apply(grad, y)
+        return _first_order(_ReLUBackward, _relu_backward, grad, y)
 
 
 class _ReLUInplaceFunction(torch.autograd.Function):
@@ -237,7 +260,7 @@ class _ReLUInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        x.copy_(_ops.relu(x))
+        x.copy_(_relu(x))
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
@@ -249,7 +272,7 @@ class _ReLUBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad, y):
         ctx.save_for_backward(y)
-        return _ops.relu_backward(grad, y)
+        return _relu_backward(grad, y)
 
     @staticmethod
     def backward(ctx, gdx):

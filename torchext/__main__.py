@@ -1,4 +1,4 @@
-"""The torchext command line: ``python -m torchext {demo,info,bench}`` (also the ``torchext`` script).
+"""The torchext command line: python -m torchext {demo,info,bench} (also the torchext script).
 
 Each subcommand lives in its own module (demo.py, info.py, bench.py) with two functions:
 ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
@@ -10,9 +10,9 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "demo": ("torchext.demo", "run the PyTorch tutorial programs with pure-Python ops and torchext"),
-    "info": ("torchext.info", "versions, compiled kernels, devices, and a self-check of every op"),
-    "bench": ("torchext.bench", "benchmark torchext against the tutorial, eager, torch.compile"),
+    "demo": ("torchext.demo", "the tutorial's programs: pure-Python ops vs torchext"),
+    "info": ("torchext.info", "versions, kernels, devices, and a self-check of every op"),
+    "bench": ("torchext.bench", "benchmark torchext vs the tutorial, eager, torch.compile"),
 }
 
 

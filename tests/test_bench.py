@@ -1,0 +1,138 @@
+"""``python -m torchext bench``: a quick run end to end (CSV, markdown, plots), the defaults, and
+argparse errors for bad options."""
+
+import argparse
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import CUDA_SKIP
+
+from torchext import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_SIZES = (2**10, 2**14)
+PROMISED = ("device", "torch", "op", "impl", "pass", "dtype", "n", "median_us", "gbps",
+            "copy_fraction", "peak_mem_mb")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m torchext bench")
+    bench.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = subprocess.run(
+        [sys.executable, "-m", "torchext", "bench", "--quick", "--ops", "cubic", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    with open(out / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return out, reader.fieldnames, list(reader)
+
+
+def one(rows, **where):
+    found = [r for r in rows if all(r[k] == str(v) for k, v in where.items())]
+    assert len(found) == 1, (where, len(found))
+    return found[0]
+
+
+@pytest.mark.slow
+def test_quick_csv_has_every_contender_pass_and_floor(quick_run):
+    _, columns, rows = quick_run
+    assert set(PROMISED) <= set(columns)
+    assert {r["device"] for r in rows} == {"cpu"}
+    for n in QUICK_SIZES:
+        for pass_ in bench.PASSES:
+            for impl in bench.CONTENDERS:
+                one(rows, op="cubic", impl=impl, dtype="float32", n=n, **{"pass": pass_})
+            one(rows, op="floor", impl="neg", dtype="float32", n=n, **{"pass": pass_})
+        assert float(one(rows, impl="copy", n=n)["copy_fraction"]) == 1
+    expected = len(QUICK_SIZES) * (1 + len(bench.PASSES) * (1 + len(bench.CONTENDERS)))
+    assert len(rows) == expected
+
+
+@pytest.mark.slow
+def test_quick_numbers_are_positive_and_finite(quick_run):
+    _, _, rows = quick_run
+    for r in rows:
+        for column in ("median_us", "gbps", "copy_fraction"):
+            assert 0 < float(r[column]) < math.inf, (column, r)
+        assert int(r["blocks"]) >= 1, r
+
+
+@pytest.mark.slow
+def test_quick_peak_memory_holds_output_and_gradient(quick_run):
+    # During forward+backward y and dx are alive at once: at least 2 * n * 4 bytes beyond inputs.
+    _, _, rows = quick_run
+    for r in rows:
+        if r["pass"] == "fwdbwd":
+            assert float(r["peak_mem_mb"]) >= 2 * int(r["n"]) * 4 / 2**20, r
+        else:
+            assert r["peak_mem_mb"] == "", r
+        assert (r["compile_s"] != "") == (r["impl"] == "compile"), r
+
+
+@pytest.mark.slow
+def test_quick_writes_markdown_and_plots(quick_run):
+    out, _, rows = quick_run
+    md = (out / "results.md").read_text()
+    for text in (rows[0]["torch"], rows[0]["device_name"], "threads", "### cubic, float32",
+                 "vs tutorial", "neg/torchext", "Peak memory", "torch.compile"):
+        assert text in md
+    for pass_ in bench.PASSES:
+        png = out / f"{pass_}-float32.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_sizes_include_the_tutorials():
+    cpu = bench._settings(parse([])).sizes
+    assert cpu == sorted([2**k for k in range(10, 25, 2)] + [2000])
+    quick = bench._settings(parse(["--quick"]))
+    assert (quick.sizes, quick.dtypes) == (list(QUICK_SIZES), ["float32"])
+    assert bench._settings(parse(["--quick", "--sizes", "2000,2^3", "--sizes", "5"])).sizes == [
+        5, 8, 2000
+    ]
+
+
+def test_ops_and_passes_accept_lists_and_repeats():
+    cfg = bench._settings(parse(["--ops", "relu,cubic", "--ops", "relu", "--passes", "bwd"]))
+    assert (cfg.ops, cfg.passes) == (["relu", "cubic"], ["bwd"])
+
+
+BAD = [
+    ["--device", "tpu"],
+    ["--sizes", "abc"],
+    ["--sizes", "2^x"],
+    ["--sizes", "0"],
+    ["--ops", "cubic,sine"],
+    ["--dtypes", "int32"],
+    ["--passes", "sideways"],
+    ["--threads", "0"],
+    ["--min-run-time", "-1"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD, ids=" ".join)
+def test_bad_options_are_argparse_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and argv[0] in err
+
+
+@pytest.mark.skipif(CUDA_SKIP is None, reason="CUDA is available here")
+def test_cuda_without_a_gpu_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--device", "cuda"])
+    assert exit_.value.code == 2
+    assert "CUDA" in capsys.readouterr().err

@@ -1,0 +1,518 @@
+"""``python -m torchext bench``: time torchext against the pure-Python tutorial Functions, the eager
+expression and ``torch.compile`` of it, with ``y.copy_(x)`` and ``torch.neg`` as floors.
+
+    python -m torchext bench            # all ops, 2^10..2^24 (x4) and 2000, float32 and bfloat16
+    python -m torchext bench --quick    # a CI-sized run (well under 2 minutes on 2 cores)
+    python -m torchext bench --ops cubic,relu --sizes 2000,2^20 --dtypes float32 --passes fwdbwd
+    python -m torchext bench --device cuda --out benchmarks/results
+
+Contenders are interleaved: for each dtype and size the floors run first, then for each op and
+pass every contender in turn. Inputs are seeded random normals; ``x`` and the coefficients (0-dim
+float32) require grad, and the forward pass runs with grad enabled, as in training. Each cell is
+timed with ``torch.utils.benchmark.Timer.blocked_autorange`` after a warm-up.
+
+Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and one PNG per
+(pass, dtype). Columns of ``results.csv``:
+  device, device_name, torch, threads   where it ran (CPU model or GPU name, torch version, threads)
+  op          cubic, legendre_p3, affine_legendre_p3, relu; ``floor`` for the floors
+  impl        torchext, tutorial (torchext.reference.TUTORIAL), eager (torchext.reference.EAGER),
+              compile (torch.compile of eager, static shapes; for bwd a second compile with
+              donated buffers off, as retain_graph=True requires); floors: copy (y.copy_(x)), neg
+  pass        fwd (forward), bwd (autograd.grad of a graph built once, retain_graph=True),
+              fwdbwd (forward then autograd.grad)
+  dtype, n    dtype of x (coefficients stay float32) and its number of elements
+  median_us, iqr_us   median time per call and its interquartile range, microseconds
+  blocks      how many timed blocks (of one or more calls) they come from; with one the IQR is 0
+  gbps        GB/s counted from the fewest bytes the pass must move: fwd reads x and writes y
+              (2 n itemsize), bwd reads g and x and writes dx (3), fwdbwd both (5), copy 2
+  copy_fraction       gbps / the copy floor's GB/s at the same n and dtype
+  peak_mem_mb         fwdbwd rows only: peak memory allocated during one forward+backward, the
+              inputs (x, g, coefficients) excluded, the output and gradients included (CUDA:
+              max_memory_allocated; CPU: the running sum of the profiler's allocation events)
+  compile_s   compile rows only: seconds of the first forward+backward call (trace and compile;
+              on-disk inductor caches allowed, and the run's first compile also loads inductor),
+              the same on each pass's row
+"""
+
+import argparse
+import contextlib
+import csv
+import math
+import os
+import platform
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+import torchext
+from torchext.reference import EAGER, TUTORIAL
+
+OPS = ("cubic", "legendre_p3", "affine_legendre_p3", "relu")
+COEF_OPS = ("cubic", "affine_legendre_p3")
+CONTENDERS = ("torchext", "tutorial", "eager", "compile")
+PASSES = ("fwd", "bwd", "fwdbwd")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+DEFAULT_DTYPES = ("float32", "bfloat16")
+# Multiples of n * itemsize that each pass must move at least.
+BYTES = {"fwd": 2, "bwd": 3, "fwdbwd": 5, "copy": 2}
+PASS_TITLES = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward + backward"}
+TUTORIAL_N = 2000
+QUICK = {"sizes": [2**10, 2**14], "dtypes": ["float32"], "min_run_time": 0.02}
+COLUMNS = (
+    "device", "device_name", "torch", "threads", "op", "impl", "pass", "dtype", "n",
+    "median_us", "iqr_us", "blocks", "gbps", "copy_fraction", "peak_mem_mb", "compile_s",
+)
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+
+def _size(text: str) -> int:
+    base, _, exp = text.partition("^")
+    n = int(base) ** int(exp) if exp else int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [_size(s.strip()) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid size list {text!r}: use positive integers or powers like 2^20, "
+            "separated by commas"
+        ) from None
+
+
+def _choices(allowed):
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",")]
+        bad = [s for s in names if s not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(map(repr, bad))}: choose from {', '.join(allowed)}"
+            )
+        return names
+
+    return parse
+
+
+def _device(text: str) -> str:
+    if text not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: choose cpu or cuda")
+    if text == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("no CUDA GPU is visible to torch")
+    if text == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+        "torchext::cubic", "CUDA"
+    ):
+        raise argparse.ArgumentTypeError("torchext was built without CUDA kernels")
+    return text
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--ops", type=_choices(OPS), action="extend",
+                        help=f"comma list, repeatable (default: {','.join(OPS)})")
+    parser.add_argument("--sizes", type=_sizes, action="extend",
+                        help="comma list of n, e.g. 2000,2^20 (default: 2^10..2^24 step x4 and "
+                             "2000 on CPU, 2^10..2^28 and 2000 on CUDA)")
+    parser.add_argument("--dtypes", type=_choices(DTYPES), action="extend",
+                        help=f"dtype of x, of {','.join(DTYPES)} "
+                             f"(default: {','.join(DEFAULT_DTYPES)})")
+    parser.add_argument("--passes", type=_choices(PASSES), action="extend",
+                        help="fwd, bwd, fwdbwd (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"),
+                        help="output folder (default: bench-out)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny CI run: sizes 2^10,2^14, float32, short timing "
+                             "(explicit --sizes/--dtypes/--min-run-time still win)")
+    parser.add_argument("--threads", type=_positive(int), help="torch.set_num_threads(N)")
+    parser.add_argument("--min-run-time", type=_positive(float),
+                        help="seconds of timing per cell (default 0.2; 0.02 with --quick)")
+
+
+def _settings(args) -> argparse.Namespace:
+    """The arguments with defaults filled in (``--quick`` changes some defaults)."""
+    top = 24 if args.device == "cpu" else 28
+    sizes = QUICK["sizes"] if args.quick else [2**k for k in range(10, top + 1, 2)] + [TUTORIAL_N]
+    dtypes = QUICK["dtypes"] if args.quick else DEFAULT_DTYPES
+    return argparse.Namespace(
+        device=args.device,
+        ops=list(dict.fromkeys(args.ops or OPS)),
+        sizes=sorted(set(args.sizes or sizes)),
+        dtypes=list(dict.fromkeys(args.dtypes or dtypes)),
+        passes=[p for p in PASSES if p in (args.passes or PASSES)],
+        out=args.out,
+        min_run_time=args.min_run_time or (QUICK["min_run_time"] if args.quick else 0.2),
+    )
+
+
+# ---- measuring -----------------------------------------------------------------------------------
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model} ({os.cpu_count()} logical CPUs)"
+
+
+def _inputs(op: str, n: int, dtype: str, device: str):
+    """Seeded random x (and a, b, c, d for the coefficient ops), all requiring grad, and g."""
+    gen = torch.Generator(device).manual_seed(n)
+    x, g = (torch.randn(n, generator=gen, dtype=getattr(torch, dtype), device=device)
+            for _ in range(2))
+    coefs = [torch.randn((), generator=gen, device=device).requires_grad_()
+             for _ in range(4 if op in COEF_OPS else 0)]
+    return (x.requires_grad_(), *coefs), g
+
+
+def _pass_fn(fn, inputs, g, pass_: str):
+    """The statement to time for one pass."""
+    if pass_ == "fwd":
+        return lambda: fn(*inputs)
+    if pass_ == "bwd":
+        y = fn(*inputs)
+        return lambda: torch.autograd.grad(y, inputs, g, retain_graph=True)
+    return lambda: torch.autograd.grad(fn(*inputs), inputs, g)
+
+
+def _time(stmt, min_run_time: float):
+    """The ``Measurement`` of ``stmt`` (times in seconds), after a warm-up."""
+    from torch.utils import benchmark  # imported here: it costs every other subcommand ~0.2 s
+
+    for _ in range(3):
+        stmt()
+    timer = benchmark.Timer("stmt()", globals={"stmt": stmt}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time)
+
+
+def _peak_mem_mb(stmt, device: str) -> float:
+    """Peak memory allocated while ``stmt`` runs, beyond what was allocated before it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        stmt()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        stmt()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        running += e.nbytes()  # negative for frees
+        peak = max(peak, running)
+    return peak / 2**20
+
+
+def _compile(op: str, inputs, g, retain_graph: bool = False):
+    """torch.compile of the eager expression (static shapes), and the time of its first forward +
+    backward call, which compiles both.
+
+    By default AOTAutograd lets the compiled backward reuse saved buffers ("donated buffers"), which
+    forbids ``retain_graph=True``. The bwd pass needs that, so it gets a compile of its own with
+    donation off, of a copy of the function: dynamo caches compiled code per code object."""
+    from torch._functorch import config
+
+    fn = EAGER[op]
+    no_donation = contextlib.nullcontext()
+    if retain_graph:
+        fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
+        no_donation = config.patch(donated_buffer=False)
+    compiled = torch.compile(fn, dynamic=False)
+    with no_donation:
+        start = time.perf_counter()
+        torch.autograd.grad(compiled(*inputs), inputs, g, retain_graph=retain_graph)
+        if inputs[0].is_cuda:
+            torch.cuda.synchronize()
+    return compiled, time.perf_counter() - start
+
+
+def _contenders(op: str, inputs, g, passes) -> tuple[dict, float]:
+    """{pass: {impl: function}} and torch.compile's first-call time."""
+    # Fresh compiles for every (op, dtype, n): past dynamo's recompile limit for a function, calls
+    # would silently run eagerly.
+    torch._dynamo.reset()
+    compiled, compile_s = _compile(op, inputs, g)
+    fns = {"torchext": getattr(torchext, op), "tutorial": TUTORIAL[op], "eager": EAGER[op],
+           "compile": compiled}
+    per_pass = {p: fns for p in passes}
+    if "bwd" in passes:
+        per_pass["bwd"] = dict(fns, compile=_compile(op, inputs, g, retain_graph=True)[0])
+    return per_pass, compile_s
+
+
+def _cell(cfg, meta, op, impl, pass_, dtype, n, stmt, **extra) -> dict:
+    """One row: time ``stmt`` (and its peak memory for fwdbwd)."""
+    m = _time(stmt, cfg.min_run_time)
+    if pass_ == "fwdbwd":
+        extra["peak_mem_mb"] = _peak_mem_mb(stmt, cfg.device)
+    gbps = BYTES[pass_] * n * getattr(torch, dtype).itemsize / m.median / 1e9
+    return dict(meta, op=op, impl=impl, dtype=dtype, n=n, median_us=m.median * 1e6,
+                iqr_us=m.iqr * 1e6, blocks=len(m.times), gbps=gbps, **{"pass": pass_}, **extra)
+
+
+def _measure_floors(cfg, meta, dtype, n, progress) -> list[dict]:
+    (x,), g = _inputs("neg", n, dtype, cfg.device)
+    progress.step(f"copy {dtype} n={n}")
+    src, dst = x.detach(), torch.empty_like(x)
+    rows = [_cell(cfg, meta, "floor", "copy", "copy", dtype, n, lambda: dst.copy_(src))]
+    for pass_ in cfg.passes:
+        progress.step(f"neg {pass_} {dtype} n={n}")
+        stmt = _pass_fn(torch.neg, (x,), g, pass_)
+        rows.append(_cell(cfg, meta, "floor", "neg", pass_, dtype, n, stmt))
+    return rows
+
+
+def _measure_op(cfg, meta, op, dtype, n, progress) -> list[dict]:
+    inputs, g = _inputs(op, n, dtype, cfg.device)
+    progress.step(f"compile {op} {dtype} n={n}", advance=0)
+    per_pass, compile_s = _contenders(op, inputs, g, cfg.passes)
+    rows = []
+    for pass_, fns in per_pass.items():
+        for impl, fn in fns.items():
+            progress.step(f"{op} {impl} {pass_} {dtype} n={n}")
+            extra = {"compile_s": compile_s} if impl == "compile" else {}
+            stmt = _pass_fn(fn, inputs, g, pass_)
+            rows.append(_cell(cfg, meta, op, impl, pass_, dtype, n, stmt, **extra))
+    return rows
+
+
+def _with_copy_fraction(rows: list[dict]) -> list[dict]:
+    copy = {(r["dtype"], r["n"]): r["gbps"] for r in rows if r["impl"] == "copy"}
+    return [dict(r, copy_fraction=r["gbps"] / copy[r["dtype"], r["n"]]) for r in rows]
+
+
+def _measure(cfg, meta, progress) -> list[dict]:
+    rows = []
+    for dtype in cfg.dtypes:
+        for n in cfg.sizes:
+            rows += _measure_floors(cfg, meta, dtype, n, progress)
+            for op in cfg.ops:
+                rows += _measure_op(cfg, meta, op, dtype, n, progress)
+    return _with_copy_fraction(rows)
+
+
+class _Progress:
+    """A one-line bar on stderr when it is a terminal; otherwise a plain line every 10 seconds."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.stream = total, 0, sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = self.last = time.monotonic()
+
+    def step(self, label: str, advance: int = 1) -> None:
+        self.done += advance
+        now = time.monotonic()
+        count = f"{self.done}/{self.total} ({now - self.start:.0f} s)"
+        if self.tty:
+            bar = "#" * (30 * self.done // self.total)
+            self.stream.write(f"\r[{bar:<30}] {count} {label:<50.50}")
+        elif now - self.last >= 10:
+            self.stream.write(f"bench: {count} {label}\n")
+            self.last = now
+        self.stream.flush()
+
+    def close(self) -> None:
+        end = "\n" if self.tty else ""
+        took = time.monotonic() - self.start
+        self.stream.write(f"{end}bench: {self.total} timings in {took:.0f} s\n")
+
+
+# ---- reporting -----------------------------------------------------------------------------------
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
+
+
+def _fmt(value: float) -> str:
+    """Three significant digits without exponents: 0.123, 1.23, 12.3, 123, 12345."""
+    return f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}" if value else "0"
+
+
+def _index(rows) -> dict:
+    return {(r["op"], r["impl"], r["pass"], r["dtype"], r["n"]): r for r in rows}
+
+
+def _speed_table(cfg, idx, op, pass_, dtype) -> list[str]:
+    head = ["n", *(f"{c} µs" for c in CONTENDERS), "neg µs", "torchext GB/s", "of copy",
+            *(f"vs {c}" for c in CONTENDERS[1:]), "neg/torchext"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for n in cfg.sizes:
+        t = {c: idx[op, c, pass_, dtype, n]["median_us"] for c in CONTENDERS}
+        mine, neg = idx[op, "torchext", pass_, dtype, n], idx["floor", "neg", pass_, dtype, n]
+        cells = [str(n), *(_fmt(t[c]) for c in CONTENDERS), _fmt(neg["median_us"]),
+                 _fmt(mine["gbps"]), f"{mine['copy_fraction']:.2f}",
+                 *(f"{t[c] / t['torchext']:.2f}×" for c in CONTENDERS[1:]),
+                 f"{neg['median_us'] / t['torchext']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _memory_table(cfg, idx, dtype) -> list[str]:
+    lines = ["| op | n | " + " | ".join(CONTENDERS) + " | neg |", "|---|" + "---:|" * 6]
+    for op in cfg.ops:
+        for n in cfg.sizes:
+            mb = [idx[op, c, "fwdbwd", dtype, n]["peak_mem_mb"] for c in CONTENDERS]
+            mb.append(idx["floor", "neg", "fwdbwd", dtype, n]["peak_mem_mb"])
+            lines.append(f"| {op} | {n} | " + " | ".join(_fmt(m) for m in mb) + " |")
+    return lines
+
+
+def _compile_table(cfg, idx) -> list[str]:
+    lines = ["| op | dtype | " + " | ".join(f"n={n}" for n in cfg.sizes) + " |",
+             "|---|---|" + "---:|" * len(cfg.sizes)]
+    first = cfg.passes[0]
+    for op in cfg.ops:
+        for dtype in cfg.dtypes:
+            secs = [idx[op, "compile", first, dtype, n]["compile_s"] for n in cfg.sizes]
+            lines.append(f"| {op} | {dtype} | " + " | ".join(f"{s:.1f}" for s in secs) + " |")
+    return lines
+
+
+def _command(cfg, meta) -> str:
+    """The command line that repeats this run."""
+    lists = {"ops": cfg.ops, "sizes": cfg.sizes, "dtypes": cfg.dtypes, "passes": cfg.passes}
+    args = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in lists.items())
+    return (f"python -m torchext bench --device {cfg.device} {args} --threads {meta['threads']} "
+            f"--min-run-time {cfg.min_run_time}")
+
+
+def _header(cfg, meta, load) -> list[str]:
+    return [
+        "# torchext benchmark", "",
+        "| | |", "|---|---|",
+        f"| machine | {platform.machine()}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()} |",
+        f"| device | {cfg.device}: {meta['device_name']} |",
+        f"| torch | {meta['torch']} |",
+        f"| threads | {meta['threads']} |",
+        f"| load average | {load[0]:.1f} at the start, {load[1]:.1f} at the end (1 minute; other "
+        "processes competing for the cores make every time longer and noisier) |",
+        f"| timing | median of `Timer.blocked_autorange(min_run_time={cfg.min_run_time})`; "
+        "interquartile ranges and block counts in results.csv |",
+        f"| command | `{_command(cfg, meta)}` |", "",
+        "µs: median time per call. *vs X*: X's time / torchext's (above 1: torchext is faster). "
+        "*neg/torchext*: `torch.neg`'s time for the same pass / torchext's (1: as cheap as the "
+        "simplest differentiable op). GB/s counts the fewest bytes the pass must move (forward: x "
+        "and y; backward: g, x and dx); *of copy*: the fraction of `y.copy_(x)`'s GB/s. "
+        "tutorial: the pure-Python `autograd.Function`s; eager: the composite expression; "
+        "compile: `torch.compile` of it (static shapes).", "",
+    ]
+
+
+def _write_markdown(cfg, meta, rows, path: Path, load: tuple[float, float]) -> None:
+    idx = _index(rows)
+    lines = _header(cfg, meta, load)
+    for pass_ in sorted(cfg.passes, key=lambda p: p != "fwdbwd"):
+        lines += [f"## {PASS_TITLES[pass_].capitalize()}", ""]
+        for op in cfg.ops:
+            for dtype in cfg.dtypes:
+                lines += [f"### {op}, {dtype}", "", *_speed_table(cfg, idx, op, pass_, dtype), ""]
+    if "fwdbwd" in cfg.passes:
+        lines += ["## Peak memory of one forward + backward (MB)", "",
+                  "Allocated beyond the inputs (x, g, coefficients): outputs, saved tensors, "
+                  "temporaries and gradients.", ""]
+        for dtype in cfg.dtypes:
+            lines += [f"### {dtype}", "", *_memory_table(cfg, idx, dtype), ""]
+    lines += ["## torch.compile: first forward + backward call (s)", "",
+              "Tracing and compiling for each size (static shapes); inductor's on-disk caches "
+              "may shorten repeated runs.", "", *_compile_table(cfg, idx), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _plot(cfg, meta, rows, out: Path) -> list[Path]:
+    """One PNG per (pass, dtype): a row of two panels (time, GB/s) per op."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx, paths = _index(rows), []
+    for pass_ in cfg.passes:
+        for dtype in cfg.dtypes:
+            fig, axes = plt.subplots(len(cfg.ops), 2, figsize=(12, 1 + 3.4 * len(cfg.ops)),
+                                     squeeze=False, layout="constrained")
+            for op, (ax_t, ax_b) in zip(cfg.ops, axes, strict=True):
+                _plot_op(cfg, idx, op, pass_, dtype, ax_t, ax_b)
+            where = f"{meta['device_name']}, {meta['threads']} threads, torch {meta['torch']}"
+            fig.suptitle(f"torchext bench: {PASS_TITLES[pass_]}, {dtype}, {cfg.device} ({where})")
+            fig.legend(*axes[0, 1].get_legend_handles_labels(), loc="outside lower center",
+                       ncols=6)
+            paths.append(out / f"{pass_}-{dtype}.png")
+            fig.savefig(paths[-1], dpi=90)
+            plt.close(fig)
+    return paths
+
+
+def _plot_op(cfg, idx, op, pass_, dtype, ax_t, ax_b) -> None:
+    ns = cfg.sizes
+    lines = [(c, op, c, "-o") for c in CONTENDERS] + [("neg (floor)", "floor", "neg", "--")]
+    for label, key_op, impl, style in lines:
+        cells = [idx[key_op, impl, pass_, dtype, n] for n in ns]
+        ax_t.plot(ns, [c["median_us"] for c in cells], style, label=label, ms=3)
+        ax_b.plot(ns, [c["gbps"] for c in cells], style, label=label, ms=3)
+    ax_b.plot(ns, [idx["floor", "copy", "copy", dtype, n]["gbps"] for n in ns], ":k",
+              label="copy: y.copy_(x)")
+    where = f"{op} ({pass_}, {dtype}, {cfg.device})"
+    ax_t.set(title=f"{where}: time per call", ylabel="median µs (lower is better)")
+    ax_b.set(title=f"{where}: bandwidth",
+             ylabel=f"GB/s of {BYTES[pass_]}·n·itemsize bytes (higher is better)")
+    for ax in (ax_t, ax_b):
+        ax.set_xscale("log", base=2)
+        ax.set(yscale="log", xlabel="n (elements of x)")
+        ax.minorticks_off()  # they cost seconds per figure and add nothing
+        ax.grid(True, alpha=0.3)
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+
+
+def run(args) -> int:
+    cfg = _settings(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Quiet the profiler's per-session log lines (used for CPU peak memory) unless asked for.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    meta = {"device": cfg.device, "device_name": _device_name(cfg.device),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    per_size = 1 + len(cfg.passes) * (1 + len(CONTENDERS) * len(cfg.ops))
+    progress = _Progress(len(cfg.dtypes) * len(cfg.sizes) * per_size)
+    load = os.getloadavg()[0]
+    rows = _measure(cfg, meta, progress)
+    progress.close()
+    _write_csv(rows, cfg.out / "results.csv")
+    _write_markdown(cfg, meta, rows, cfg.out / "results.md", (load, os.getloadavg()[0]))
+    pngs = _plot(cfg, meta, rows, cfg.out)
+    print(f"wrote {cfg.out / 'results.csv'}, {cfg.out / 'results.md'} and {len(pngs)} plots")
+    return 0

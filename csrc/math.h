@@ -80,11 +80,12 @@ C10_HOST_DEVICE inline void store(void* p, Dtype t, T v) {
 }
 
 // ---- the ops as functors --------------------------------------------------------------------
-// Functors with coefficients are built on the host from Coefs and call load() once where they run
-// (once per CPU call, once per CUDA thread) before the element loop.
+// Functors with coefficients derive from WithCoefs: built on the host from Coefs, they call load()
+// once where they run (once per CPU call, once per CUDA thread) before the element loop.
 
+// The four coefficients a, b, c, d of an op, in op-math type once load() has run.
 template <typename scalar_t>
-struct CubicOp {
+struct WithCoefs {
   using acc_t = at::opmath_type<scalar_t>;
   Coefs coefs;
   acc_t a, b, c, d;
@@ -95,6 +96,13 @@ struct CubicOp {
     c = math::load<acc_t>(coefs.ptr[2], coefs.dtype[2]);
     d = math::load<acc_t>(coefs.ptr[3], coefs.dtype[3]);
   }
+};
+
+template <typename scalar_t>
+struct CubicOp : WithCoefs<scalar_t> {
+  using typename WithCoefs<scalar_t>::acc_t;
+  using WithCoefs<scalar_t>::a, WithCoefs<scalar_t>::b, WithCoefs<scalar_t>::c, WithCoefs<scalar_t>::d;
+
   C10_HOST_DEVICE scalar_t forward(scalar_t x) const {
     return static_cast<scalar_t>(cubic(acc_t(x), a, b, c, d));
   }
@@ -121,17 +129,10 @@ struct LegendreP3Op {
 
 // a + b·P3(u), u = c + d·x.
 template <typename scalar_t>
-struct AffineLegendreP3Op {
-  using acc_t = at::opmath_type<scalar_t>;
-  Coefs coefs;
-  acc_t a, b, c, d;
+struct AffineLegendreP3Op : WithCoefs<scalar_t> {
+  using typename WithCoefs<scalar_t>::acc_t;
+  using WithCoefs<scalar_t>::a, WithCoefs<scalar_t>::b, WithCoefs<scalar_t>::c, WithCoefs<scalar_t>::d;
 
-  C10_HOST_DEVICE void load() {
-    a = math::load<acc_t>(coefs.ptr[0], coefs.dtype[0]);
-    b = math::load<acc_t>(coefs.ptr[1], coefs.dtype[1]);
-    c = math::load<acc_t>(coefs.ptr[2], coefs.dtype[2]);
-    d = math::load<acc_t>(coefs.ptr[3], coefs.dtype[3]);
-  }
   C10_HOST_DEVICE scalar_t forward(scalar_t x) const {
     return static_cast<scalar_t>(a + b * p3(c + d * acc_t(x)));
   }

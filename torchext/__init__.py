@@ -21,7 +21,7 @@ except ImportError as e:
         "(after upgrading torch, rebuild the same way; see README.md, Troubleshooting)"
     ) from e
 
-from . import nn, reference
+from . import functional, nn, reference
 from .functional import (
     AffineLegendreP3Function,
     CubicFunction,
@@ -35,15 +35,4 @@ from .functional import (
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AffineLegendreP3Function",
-    "CubicFunction",
-    "LegendreP3Function",
-    "ReLUFunction",
-    "affine_legendre_p3",
-    "cubic",
-    "legendre_p3",
-    "nn",
-    "reference",
-    "relu",
-]
+__all__ = [*functional.__all__, "nn", "reference"]

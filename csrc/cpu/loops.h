@@ -110,7 +110,7 @@ at::Tensor coef_forward(const char* op, const at::Tensor& x, const at::Tensor& a
   Forward f = prepare_forward(op, x, a, b, c, d);
   TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
     TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
-                      f.x.numel(), Op<scalar_t>{f.coefs});
+                      f.x.numel(), Op<scalar_t>{{f.coefs}});
   });
   return f.y;
 }
@@ -124,7 +124,7 @@ Grads5 coef_backward(const char* op, const at::Tensor& grad, const at::Tensor& x
   TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
     const auto sums = TORCHEXT_CPU_LOOP(
         map2_reduce4, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-        bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{bw.coefs});
+        bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{{bw.coefs}});
     for (int k = 0; k < 4; ++k) math::store(bw.coef_out.ptr[k], bw.coef_out.dtype[k], sums[k]);
   });
   auto& cg = bw.coef_grads;

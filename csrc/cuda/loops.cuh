@@ -258,7 +258,7 @@ at::Tensor coef_forward(const char* op, const at::Tensor& x, const at::Tensor& a
   on_device_of(f.x, [&](int dev, cudaStream_t s) {
     TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
       map(f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(), f.x.numel(),
-          Op<scalar_t>{f.coefs}, dev, s);
+          Op<scalar_t>{{f.coefs}}, dev, s);
     });
   });
   return f.y;
@@ -272,7 +272,7 @@ Grads5 coef_backward(const char* op, const at::Tensor& grad, const at::Tensor& x
   on_device_of(bw.v, [&](int dev, cudaStream_t s) {
     TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
       map2_reduce4(bw.v, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-                   bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{bw.coefs},
+                   bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{{bw.coefs}},
                    bw.coef_out, dev, s);
     });
   });

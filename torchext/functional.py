@@ -52,6 +52,12 @@ def _first_order(function, op, *args):
 # ---- coefficients -------------------------------------------------------------------------------
 
 
+def _check_x(op: str, x) -> None:
+    """The one check made in Python: the C++ operators cannot name a non-tensor argument."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"torchext.{op}: 'x' must be a torch.Tensor, got {type(x).__name__}")
+
+
 def _coef(op: str, name: str, value, x):
     """A coefficient as the operators take it: a tensor as it is; a real number as a 0-dim tensor
     on x's device in x's op-math type (float32 for half and bfloat16), as torch treats a Python
@@ -63,13 +69,15 @@ def _coef(op: str, name: str, value, x):
             f"torchext.{op}: coefficient '{name}' must be a real number or a one-element floating "
             f"tensor, got {type(value).__name__}"
         )
-    if not isinstance(x, Tensor):
-        raise TypeError(f"torchext.{op}: 'x' must be a torch.Tensor, got {type(x).__name__}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.full((), value, dtype=dtype, device=x.device)
+    try:
+        return torch.full((), value, dtype=dtype, device=x.device)
+    except RuntimeError:  # beyond float32's range: inf, as in the eager expression `value * x`
+        return torch.full((), value, dtype=torch.float64, device=x.device).to(dtype)
 
 
 def _coefs(op: str, x, a, b, c, d):
+    _check_x(op, x)
     return _coef(op, "a", a, x), _coef(op, "b", b, x), _coef(op, "c", c, x), _coef(op, "d", d, x)
 
 
@@ -145,6 +153,7 @@ class LegendreP3Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
+        _check_x("legendre_p3", x)
         ctx.save_for_backward(x)
         return _legendre_p3(x)
 
@@ -245,6 +254,7 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
+        _check_x("relu", x)
         y = _relu(x)
         ctx.save_for_backward(y)
         return y
@@ -260,6 +270,7 @@ class _ReLUInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
+        _check_x("relu", x)
         x.copy_(_relu(x))
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
@@ -309,8 +320,17 @@ def _check_fake(op: str, x: Tensor, *coefs: Tensor) -> None:
 
 
 def _check_fake_grad(op: str, grad: Tensor, x: Tensor) -> None:
-    if grad.shape != x.shape or grad.dtype != x.dtype or grad.device != x.device:
-        raise ValueError(f"torchext.{op}: 'grad' must match x in shape, dtype and device")
+    """check_like of csrc/common.cpp: the same exception types and words."""
+    if grad.dtype not in _FLOATS:
+        raise TypeError(f"torchext.{op}: 'grad' must be a float16, bfloat16, float32 or float64 "
+                        f"tensor, got {grad.dtype}")
+    if grad.shape != x.shape:
+        raise ValueError(f"torchext.{op}: 'grad' has shape {list(grad.shape)} but x has shape "
+                         f"{list(x.shape)}")
+    if grad.dtype != x.dtype:
+        raise TypeError(f"torchext.{op}: 'grad' has dtype {grad.dtype} but x has dtype {x.dtype}")
+    if grad.device != x.device:
+        raise RuntimeError(f"torchext.{op}: 'grad' is on {grad.device} but x is on {x.device}")
 
 
 def _dense_like(x: Tensor) -> Tensor:

@@ -1,5 +1,7 @@
 """Drop-in modules over the fused torchext ops."""
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -8,10 +10,13 @@ from . import functional as F
 __all__ = ["AffineLegendreP3", "Cubic", "LegendreP3", "ReLU"]
 
 
-def _param(value, device, dtype) -> torch.nn.Parameter:
+def _param(module: str, name: str, value, device, dtype) -> torch.nn.Parameter:
     """A scalar parameter: ``randn(())`` (the tutorial's draw) when value is None."""
     if value is None:
         return torch.nn.Parameter(torch.randn((), device=device, dtype=dtype))
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise TypeError(f"torchext.nn.{module}: '{name}' must be a real number or a floating "
+                        f"tensor, got {type(value).__name__}")
     dtype = dtype or torch.get_default_dtype()  # an int given as a value still makes a float
     return torch.nn.Parameter(torch.as_tensor(value, device=device, dtype=dtype).clone())
 
@@ -26,10 +31,11 @@ class _Coefficients(torch.nn.Module):
 
     def __init__(self, a, b, c, d, device, dtype):
         super().__init__()
-        self.a = _param(a, device, dtype)
-        self.b = _param(b, device, dtype)
-        self.c = _param(c, device, dtype)
-        self.d = _param(d, device, dtype)
+        module = type(self).__name__
+        self.a = _param(module, "a", a, device, dtype)
+        self.b = _param(module, "b", b, device, dtype)
+        self.c = _param(module, "c", c, device, dtype)
+        self.d = _param(module, "d", d, device, dtype)
 
     def string(self) -> str:
         """The tutorial's ``Polynomial3.string()``."""

@@ -1,0 +1,170 @@
+"""The ecosystem: torch.compile (Inductor, fullgraph) trains the tutorial's models to eager
+torchext's losses; torch.export captures a module using every op and its program runs; CUDA graph
+capture and replay of forward+backward matches eager.
+
+torch.compile is slow on a small machine, so both tutorial models share one compiled function
+(one forward graph, one backward graph), and the test checks that nothing recompiles.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import CUDA_SKIP
+
+import torchext
+
+STEPS = 50
+
+
+# ---- torch.compile: the tutorial's training loops ------------------------------------------------
+
+
+def _tutorial_models():
+    """The tutorial's two models as torchext modules, with the tutorial's initial values: the
+    cubic drawn from randn (seed 0), the Legendre model at (0, -1, 0, 0.3)."""
+    torch.manual_seed(0)
+    return torchext.nn.Cubic(), torchext.nn.AffineLegendreP3()
+
+
+def _train(losses_fn, models):
+    """The tutorial's loop: sum-of-squares loss, plain SGD at its learning rates."""
+    x = torch.linspace(-math.pi, math.pi, 2000)
+    y = torch.sin(x)
+    rates = (1e-6, 5e-6)  # the tutorial's, for the cubic and for the Legendre model
+    history = []
+    for _ in range(STEPS):
+        losses = losses_fn(x, y)
+        sum(losses).backward()
+        with torch.no_grad():
+            for model, lr in zip(models, rates, strict=True):
+                for p in model.parameters():
+                    p -= lr * p.grad
+                    p.grad = None
+        history.append([loss.item() for loss in losses])
+    return history, [p.detach().clone() for m in models for p in m.parameters()]
+
+
+@pytest.mark.slow
+def test_compile_trains_tutorial_models_like_eager():
+    def losses_of(models):
+        cubic, legendre = models
+
+        def losses(x, y):
+            return (cubic(x) - y).pow(2).sum(), (legendre(x) - y).pow(2).sum()
+
+        return losses
+
+    eager_models = _tutorial_models()
+    eager, eager_params = _train(losses_of(eager_models), eager_models)
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled_models = _tutorial_models()
+    compiled_fn = torch.compile(losses_of(compiled_models), fullgraph=True)
+    compiled, compiled_params = _train(compiled_fn, compiled_models)
+
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, "it recompiled"
+    assert eager[-1][0] < eager[0][0] and eager[-1][1] < eager[0][1], "the loops did not learn"
+    # Inductor sums the loss in its own order: float32 rounding apart, the same trajectory.
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-5, atol=0)
+    for p, q in zip(compiled_params, eager_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+# ---- torch.export --------------------------------------------------------------------------------
+
+
+class EveryOp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cubic = torchext.nn.Cubic(0.5, -1.0, 0.25, 0.125)
+        self.affine = torchext.nn.AffineLegendreP3()
+        self.p3 = torchext.nn.LegendreP3()
+        self.relu = torchext.nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.cubic(x)) + self.p3(self.affine(x))
+
+
+TORCHEXT_OPS = {
+    torch.ops.torchext.cubic.default,
+    torch.ops.torchext.affine_legendre_p3.default,
+    torch.ops.torchext.legendre_p3.default,
+    torch.ops.torchext.relu.default,
+}
+
+
+def test_export_every_op():
+    model = EveryOp()
+    x = torch.linspace(-2, 2, 37)
+    ep = torch.export.export(model, (x,))
+    targets = {n.target for n in ep.graph.nodes if n.op == "call_function"}
+    assert TORCHEXT_OPS <= targets, f"the exported graph lacks torchext ops: {targets}"
+    torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=0)
+    # A different input of the same shape: the program is not a constant.
+    x2 = torch.randn(37)
+    torch.testing.assert_close(ep.module()(x2), model(x2), rtol=0, atol=0)
+
+
+def test_export_with_a_dynamic_dimension():
+    """The fake kernels take symbolic shapes: one program serves every length."""
+    model = EveryOp()
+    n = torch.export.Dim("n", min=2, max=1 << 20)
+    ep = torch.export.export(model, (torch.randn(8, 3),), dynamic_shapes={"x": {0: n}})
+    for rows in (2, 5, 1000):
+        x = torch.randn(rows, 3)
+        torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=0)
+
+
+# ---- CUDA graphs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
+def test_cuda_graph_capture_and_replay_forward_backward():
+    """Forward and backward of every op captured in one CUDA graph (no host-device sync in them,
+    Python-number coefficients filled on the device), replayed on new inputs: the same values and
+    gradients as eager."""
+    model = EveryOp().cuda()
+    static_x = torch.randn(4099, device="cuda", requires_grad=True)
+    params = [static_x, *model.parameters()]
+
+    def step():
+        y = model(static_x) + torchext.cubic(static_x, 1.0, -0.5, 0.25, 0.125)
+        y.sum().backward()
+        return y
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up outside the capture, as the CUDA graph docs require
+            for p in params:
+                p.grad = None
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    for p in params:
+        p.grad = None
+    with torch.cuda.graph(graph):
+        static_y = step()
+
+    for seed in range(3):
+        gen = torch.Generator("cuda").manual_seed(seed)
+        new_x = torch.randn(4099, device="cuda", generator=gen)
+        with torch.no_grad():
+            static_x.copy_(new_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        replayed = [static_y.detach().clone()] + [p.grad.clone() for p in params]
+
+        x = new_x.clone().requires_grad_()
+        eager_model = copy.deepcopy(model)  # model's .grad are the graph's static tensors
+        eager_model.zero_grad(set_to_none=True)
+        y = eager_model(x) + torchext.cubic(x, 1.0, -0.5, 0.25, 0.125)
+        y.sum().backward()
+        eager = [y.detach(), x.grad] + [p.grad for p in eager_model.parameters()]
+        assert len(replayed) == len(eager)
+        for r, e in zip(replayed, eager, strict=True):
+            torch.testing.assert_close(r, e, rtol=0, atol=0)

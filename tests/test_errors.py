@@ -398,7 +398,7 @@ def test_bad_calls_do_not_crash_the_process():
     code = (
         "import json, sys\n"
         f"sys.path.insert(0, {here!r})\n"
-        "import test_bad_input as t\n"
+        "import test_errors as t\n"
         "print('OUTCOMES ' + json.dumps(t.run_batch()))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -10,16 +10,13 @@ import pytest
 import torch
 
 import torchext  # noqa: F401
+from torchext.info import build_info
 
 OPERATORS = [
     f"{op}{suffix}"
     for op in ("cubic", "legendre_p3", "affine_legendre_p3", "relu")
     for suffix in ("", "_backward")
 ]
-
-
-def build_info():
-    return dict(kv.split("=", 1) for kv in torch.ops.torchext._build_info().split(";"))
 
 
 def test_openmp_compiled_in():

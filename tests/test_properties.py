@@ -27,7 +27,8 @@ Special values (the contract for non-finite results):
   - Finite inputs and a finite expectation: a finite result within the bound; a non-finite result
     only where an intermediate can overflow the op-math type or the exact value is at the edge of
     the result dtype's range.
-ReLU is compared bit for bit with torch.relu instead (values, gradients, -0.0, NaN payloads).
+ReLU is compared bit for bit with torch.relu instead (values, gradients, -0.0; NaN where torch
+gives NaN, the payload aside: see conftest.same_bits).
 
 Profiles: under hypothesis' own "default" profile this file runs few examples (fast, for local
 runs); ``--hypothesis-profile=ci`` (hypothesis' built-in ci profile: derandomized, no database,
@@ -39,7 +40,7 @@ import math
 
 import pytest
 import torch
-from conftest import DTYPES
+from conftest import DTYPES, same_bits
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -93,11 +94,6 @@ def _eta(dtype):
 
 def _fmax(dtype):
     return torch.finfo(dtype).max
-
-
-def _bits(t):
-    itype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
-    return t.detach().contiguous().view(itype)
 
 
 # ---- strategies ----------------------------------------------------------------------------------
@@ -414,14 +410,14 @@ def test_relu_is_torch_relu_bit_for_bit(data):
     y = torchext.relu(x)
     expected = torch.relu(x)
     assert y.shape == expected.shape and y.dtype == dtype
-    assert torch.equal(_bits(y), _bits(expected)), f"{dtype} {desc}: values differ"
+    assert same_bits(y, expected), f"{dtype} {desc}: values differ"
     (dx,) = torch.autograd.grad(y, x, g)
     (expected_dx,) = torch.autograd.grad(expected, x, g)
-    assert torch.equal(_bits(dx), _bits(expected_dx)), f"{dtype} {desc}: gradients differ"
+    assert same_bits(dx, expected_dx), f"{dtype} {desc}: gradients differ"
     # In place, on a copy (an expanded view cannot be written in place).
     xc = x.detach().clone()
     out = torchext.relu(xc, inplace=True)
-    assert out is xc and torch.equal(_bits(xc), _bits(expected))
+    assert out is xc and same_bits(xc, expected)
 
 
 def test_relu_special_values_bit_for_bit():
@@ -432,9 +428,8 @@ def test_relu_special_values_bit_for_bit():
                          dtype=dtype, requires_grad=True)
         g = torch.tensor([1.0, -1.0, 2.0, 3.0, 4.0, math.nan, math.inf, -0.0, -0.0], dtype=dtype)
         y, ye = torchext.relu(x), torch.relu(x)
-        assert torch.equal(_bits(y), _bits(ye)), dtype
-        assert torch.equal(_bits(torch.autograd.grad(y, x, g)[0]),
-                           _bits(torch.autograd.grad(ye, x, g)[0])), dtype
+        assert same_bits(y, ye), dtype
+        assert same_bits(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ye, x, g)[0]), dtype
 
 
 def test_python_coefficient_beyond_float32_range():

@@ -4,7 +4,7 @@ in-place form, and how it differs from the tutorial's MyReLU at zero."""
 import pytest
 import torch
 from _checks import OpChecks
-from conftest import DTYPES, randn
+from conftest import DTYPES, randn, same_bits
 
 import torchext
 from torchext import reference
@@ -22,17 +22,6 @@ def special_values(dtype, device):
     # Extreme and random values, with the specials scattered through a vector-sized body.
     body = randn(1000, dtype=dtype) * torch.logspace(-30, 30, 1000).to(dtype)
     return torch.cat([special, body, special]).to(device)
-
-
-def same_bits(a, b):
-    """Bitwise equality of every non-NaN value (so the sign of zero too), and NaN in the same
-    places. NaN payloads are not compared: torch's own bfloat16 relu rewrites them (0x7FC0 in,
-    0xFFFF out), while torchext returns the NaN it was given."""
-    view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    nan = torch.isnan(a)
-    if not torch.equal(nan, torch.isnan(b)):
-        return False
-    return torch.equal(a[~nan].contiguous().view(view), b[~nan].contiguous().view(view))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -7,8 +7,9 @@ that kernel sits in a Function of its own whose backward is written with plain t
 fused ops themselves: second order is rare and need not be fast.
 
 The wrappers are on the hot path (at the tutorial's 2000 elements a call is all overhead): they do
-nothing but convert Python-number coefficients, call the operator and save for backward. Checks
-live in the C++ kernels (csrc/common.cpp) and, for fake tensors, in ``_check_fake`` below.
+nothing but check that x is a tensor, convert Python-number coefficients, call the operator and
+save for backward. Every other check lives in the C++ kernels (csrc/common.cpp) and, for fake
+tensors, in ``_check_fake`` below.
 """
 
 import numbers
@@ -49,13 +50,13 @@ def _first_order(function, op, *args):
     return function.apply(*args) if torch.is_grad_enabled() else op(*args)
 
 
-# ---- coefficients -------------------------------------------------------------------------------
-
-
 def _check_x(op: str, x) -> None:
     """The one check made in Python: the C++ operators cannot name a non-tensor argument."""
     if not isinstance(x, Tensor):
         raise TypeError(f"torchext.{op}: 'x' must be a torch.Tensor, got {type(x).__name__}")
+
+
+# ---- coefficients -------------------------------------------------------------------------------
 
 
 def _coef(op: str, name: str, value, x):

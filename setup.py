@@ -68,7 +68,8 @@ def extension():
     debug = os.environ.get("DEBUG", "0") == "1"
     cuda = want_cuda()
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    sources = ["csrc/ops.cpp", "csrc/common.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/common.cpp"]
+    sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     archs = cuda_archs() if cuda else ""
     # -fopenmp at compile *and* link: at::parallel_for is inlined into this library and runs
     # serially without it. torch ships libgomp.so.1, the same soname, so one OpenMP runtime runs.

@@ -1,6 +1,6 @@
 // Every torchext operator's schema, defined once. Each backend registers its kernels in
-// cpu/<op>.cpp and cuda/<op>.cu; the fake (meta) kernels and the autograd Functions are in
-// torchext/functional.py. Importing torchext._C runs the registrations below.
+// cpu/<op>.cpp and cuda/<op>.cu, the derivatives are registered in autograd.cpp, and the fake
+// (meta) kernels are in torchext/functional.py. Importing torchext._C runs the registrations below.
 #include <ATen/Parallel.h>
 #include <Python.h>
 #include <torch/library.h>

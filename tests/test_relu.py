@@ -64,8 +64,11 @@ def test_inplace_on_leaf_requiring_grad_raises(device):
         torchext.relu(x, inplace=True)
 
 
-def test_saves_only_the_result():
+@pytest.mark.parametrize("fn", [torchext.relu, torchext.ReLUFunction.apply],
+                         ids=["function", "Function.apply"])
+def test_saves_only_the_result(fn):
     x = randn(100, requires_grad=True)
-    y = torchext.relu(x)
-    saved = y.grad_fn.saved_tensors
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fn(x)
     assert len(saved) == 1 and saved[0].data_ptr() == y.data_ptr()

@@ -1,12 +1,13 @@
-"""torchext: fused C++/CUDA kernels for small hot ops, as drop-in ``torch.autograd.Function``s.
+"""torchext: fused C++/CUDA kernels for small hot ops, differentiable drop-ins for torch models.
 
     torchext.cubic(x, a, b, c, d)               # a + b*x + c*x**2 + d*x**3
     torchext.legendre_p3(x)                     # 0.5 * (5*x**3 - 3*x)
     torchext.affine_legendre_p3(x, a, b, c, d)  # a + b * P3(c + d*x)
     torchext.relu(x)                            # torch.relu, bit for bit
 
-The Functions behind them (``CubicFunction`` ...), the modules in ``torchext.nn``, the pure-Python
-baseline in ``torchext.reference`` and the operators in ``torch.ops.torchext``.
+The same as ``torch.autograd.Function`` subclasses (``CubicFunction`` ...), the modules in
+``torchext.nn``, the pure-Python baseline in ``torchext.reference`` and the operators in
+``torch.ops.torchext`` (differentiable themselves: the functions call them).
 """
 
 import torch

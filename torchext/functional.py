@@ -1,15 +1,22 @@
-"""The differentiable torchext ops: one ``torch.autograd.Function`` per op over the operators in
-``torch.ops.torchext`` (csrc/ops.cpp), and the fake kernels that tell ``torch.compile`` and meta
-tensors what those operators return.
+"""The differentiable torchext ops: the functions ``torchext.cubic`` & co., the
+``torch.autograd.Function`` subclasses with the same arguments, and the fake kernels that tell
+``torch.compile`` and meta tensors what the operators in ``torch.ops.torchext`` (csrc/ops.cpp) return.
 
-Each op's first-order backward is one fused kernel. So that double backward works (gradgradcheck),
-that kernel sits in a Function of its own whose backward is written with plain torch ops or the
-fused ops themselves: second order is rare and need not be fast.
+Two ways to the same kernels and the same gradients:
 
-The wrappers are on the hot path (at the tutorial's 2000 elements a call is all overhead): they do
-nothing but check that x is a tensor, convert Python-number coefficients, call the operator and
-save for backward. Every other check lives in the C++ kernels (csrc/common.cpp) and, for fake
-tensors, in ``_check_fake`` below.
+- the functions call the operators directly. The operators are differentiable by themselves: their
+  derivatives are registered in C++ for the Autograd dispatch key (csrc/autograd.cpp), as torch's
+  own ops have theirs, so no Python runs in their backward. At the tutorial's 2000 elements a call
+  is nearly all overhead, and this path costs ~20 µs less per forward+backward than a Python
+  ``autograd.Function`` (benchmarks/NOTES.md §4);
+- the ``*Function`` classes are ``autograd.Function`` subclasses over the same operators, for code
+  written around ``.apply`` (as the tutorial's ``LegendrePolynomial3.apply``) or that subclasses
+  them. Their backward calls the fused backward operator, which is itself differentiable (in C++),
+  so double backward works on both ways.
+
+The wrappers are on the hot path: they do nothing but check that x is a tensor, convert
+Python-number coefficients and call the operator. Every other check lives in the C++ kernels
+(csrc/common.cpp) and, for fake tensors, in ``_check_fake`` below.
 """
 
 import numbers
@@ -41,13 +48,6 @@ _affine_legendre_p3 = torch.ops.torchext.affine_legendre_p3.default
 _affine_legendre_p3_backward = torch.ops.torchext.affine_legendre_p3_backward.default
 _relu = torch.ops.torchext.relu.default
 _relu_backward = torch.ops.torchext.relu_backward.default
-
-
-def _first_order(function, op, *args):
-    """The fused backward kernel. Through its differentiable Function only when autograd is
-    recording the backward itself (create_graph=True, double backward): otherwise the Function
-    would only add its Python overhead."""
-    return function.apply(*args) if torch.is_grad_enabled() else op(*args)
 
 
 def _check_x(op: str, x) -> None:
@@ -82,11 +82,6 @@ def _coefs(op: str, x, a, b, c, d):
     return _coef(op, "a", a, x), _coef(op, "b", b, x), _coef(op, "c", c, x), _coef(op, "d", d, x)
 
 
-def _sum_to(t: Tensor, like: Tensor) -> Tensor:
-    """The gradient of a one-element coefficient: t summed, in the coefficient's shape."""
-    return t.sum().reshape(like.shape)
-
-
 def _needed(ctx, grads):
     """None for the inputs that need no gradient (Python numbers among them)."""
     return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
@@ -95,12 +90,18 @@ def _needed(ctx, grads):
 # ---- cubic: a + b·x + c·x² + d·x³ -----------------------------------------------------------------
 
 
-class CubicFunction(torch.autograd.Function):
+def cubic(x: Tensor, a, b, c, d) -> Tensor:
     """``a + b*x + c*x**2 + d*x**3`` with one fused kernel forward and one fused backward pass
-    (``dx = g*(b + 2c*x + 3d*x**2)`` and ``da, db, dc, dd = Σg, Σg*x, Σg*x², Σg*x³``).
+    (``dx = g*(b + 2c*x + 3d*x**2)`` and ``da, db, dc, dd = Σg, Σg*x, Σg*x², Σg*x³``);
+    differentiable in x and in each tensor coefficient, twice and more.
 
     ``x``: a floating tensor of any shape and strides; ``a, b, c, d``: numbers or one-element
     floating tensors on x's device. Returns a contiguous tensor shaped and typed like ``x``."""
+    return _cubic(x, *_coefs("cubic", x, a, b, c, d))
+
+
+class CubicFunction(torch.autograd.Function):
+    """:func:`cubic` as an ``autograd.Function``: ``CubicFunction.apply(x, a, b, c, d)``."""
 
     @staticmethod
     def forward(ctx, x, a, b, c, d):
@@ -110,47 +111,22 @@ class CubicFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _needed(ctx, _first_order(_CubicBackward, _cubic_backward, grad, *ctx.saved_tensors))
-
-
-class _CubicBackward(torch.autograd.Function):
-    """The fused first-order backward of cubic, differentiable once more with torch ops."""
-
-    @staticmethod
-    def forward(ctx, grad, x, a, b, c, d):
-        ctx.save_for_backward(grad, x, a, b, c, d)
-        return _cubic_backward(grad, x, a, b, c, d)
-
-    @staticmethod
-    def backward(ctx, gdx, gda, gdb, gdc, gdd):
-        # The first order was dx = g·p'(x) with p'(x) = b + 2c·x + 3d·x², and
-        # (da, db, dc, dd) = Σ g·(1, x, x², x³). Differentiate gdx·dx + gda·da + ... .
-        g, x, a, b, c, d = ctx.saved_tensors
-        dp = b + x * (2 * c + 3 * d * x)
-        gg = gdx * dp + gda + x * (gdb + x * (gdc + x * gdd))
-        gx = g * (gdx * (2 * c + 6 * d * x) + gdb + x * (2 * gdc + 3 * gdd * x))
-        gdxg = gdx * g
-        return (
-            gg,
-            gx,
-            None,  # nothing in the first order depends on a
-            _sum_to(gdxg, b),
-            _sum_to(2 * gdxg * x, c),
-            _sum_to(3 * gdxg * x * x, d),
-        )
-
-
-def cubic(x: Tensor, a, b, c, d) -> Tensor:
-    """``a + b*x + c*x**2 + d*x**3``, fused; differentiable in x and in each tensor coefficient."""
-    return CubicFunction.apply(x, a, b, c, d)
+        return _needed(ctx, _cubic_backward(grad, *ctx.saved_tensors))
 
 
 # ---- Legendre P3(x) = ½(5x³ − 3x) ---------------------------------------------------------------
 
 
+def legendre_p3(x: Tensor) -> Tensor:
+    """The Legendre polynomial ``P3(x) = 0.5*(5*x**3 - 3*x)``, one fused kernel each way
+    (``dx = g*1.5*(5x² - 1)``)."""
+    _check_x("legendre_p3", x)
+    return _legendre_p3(x)
+
+
 class LegendreP3Function(torch.autograd.Function):
-    """``P3(x) = 0.5*(5*x**3 - 3*x)``, one fused kernel each way (``dx = g*1.5*(5x² - 1)``).
-    The fused twin of the tutorial's ``LegendrePolynomial3``."""
+    """:func:`legendre_p3` as an ``autograd.Function``: the fused twin of the tutorial's
+    ``LegendrePolynomial3`` (``LegendreP3Function.apply(x)``)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -161,34 +137,21 @@ class LegendreP3Function(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return _first_order(_LegendreP3Backward, _legendre_p3_backward, grad, x)
-
-
-class _LegendreP3Backward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, grad, x):
-        ctx.save_for_backward(grad, x)
         return _legendre_p3_backward(grad, x)
-
-    @staticmethod
-    def backward(ctx, gdx):
-        # dx = g·P3'(x): d/dg = P3'(x)·gdx (the fused op again), d/dx = g·P3''(x)·gdx = 15·g·x·gdx
-        g, x = ctx.saved_tensors
-        return _LegendreP3Backward.apply(gdx, x), 15 * g * x * gdx
-
-
-def legendre_p3(x: Tensor) -> Tensor:
-    """The Legendre polynomial ``P3(x) = 0.5*(5*x**3 - 3*x)``, fused."""
-    return LegendreP3Function.apply(x)
 
 
 # ---- affine P3: a + b·P3(c + d·x) ---------------------------------------------------------------
 
 
+def affine_legendre_p3(x: Tensor, a, b, c, d) -> Tensor:
+    """``a + b * P3(c + d*x)`` (the tutorial's whole model) in one forward kernel and one backward
+    pass. With ``u = c + d*x``: ``dx = g*b*P3'(u)*d``, ``da = Σg``, ``db = Σg*P3(u)``,
+    ``dc = Σg*b*P3'(u)``, ``dd = Σg*b*P3'(u)*x``. Arguments as for :func:`cubic`."""
+    return _affine_legendre_p3(x, *_coefs("affine_legendre_p3", x, a, b, c, d))
+
+
 class AffineLegendreP3Function(torch.autograd.Function):
-    """The tutorial's whole model ``a + b*P3(c + d*x)`` in one forward kernel and one backward pass.
-    With ``u = c + d*x``: ``dx = g*b*P3'(u)*d``, ``da = Σg``, ``db = Σg*P3(u)``,
-    ``dc = Σg*b*P3'(u)``, ``dd = Σg*b*P3'(u)*x``. Arguments as for :class:`CubicFunction`."""
+    """:func:`affine_legendre_p3` as an ``autograd.Function``."""
 
     @staticmethod
     def forward(ctx, x, a, b, c, d):
@@ -198,60 +161,28 @@ class AffineLegendreP3Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _needed(
-            ctx,
-            _first_order(
-                _AffineLegendreP3Backward, _affine_legendre_p3_backward, grad, *ctx.saved_tensors
-            ),
-        )
-
-
-class _AffineLegendreP3Backward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, grad, x, a, b, c, d):
-        ctx.save_for_backward(grad, x, a, b, c, d)
-        return _affine_legendre_p3_backward(grad, x, a, b, c, d)
-
-    @staticmethod
-    def backward(ctx, gdx, gda, gdb, gdc, gdd):
-        # The first order: with P = P3(u), P' = P3'(u), dx, dc, dd = g·b·P'·(d, 1, x) and
-        # da, db = Σg, Σg·P. With w = gdx·d + gdc + gdd·x the sum of all terms is
-        # Σ g·b·P'·w + gda·Σg + gdb·Σg·P; differentiate it (P'' = 15u).
-        g, x, a, b, c, d = ctx.saved_tensors
-        u = c + d * x
-        p = 0.5 * u * (5 * u * u - 3)
-        dp = 1.5 * (5 * u * u - 1)
-        ddp = 15 * u
-        w = gdx * d + gdc + gdd * x
-        gbddp_w = g * b * ddp * w
-        gpd = g * dp  # ∂(g·P)/∂u
-        gg = b * dp * w + gda + gdb * p
-        gx = gbddp_w * d + g * b * dp * gdd + gdb * gpd * d
-        return (
-            gg,
-            gx,
-            None,  # nothing in the first order depends on a
-            _sum_to(gpd * w, b),
-            _sum_to(gbddp_w + gdb * gpd, c),
-            _sum_to(gbddp_w * x + g * b * dp * gdx + gdb * gpd * x, d),
-        )
-
-
-def affine_legendre_p3(x: Tensor, a, b, c, d) -> Tensor:
-    """``a + b * P3(c + d*x)`` (the tutorial's model), fused."""
-    return AffineLegendreP3Function.apply(x, a, b, c, d)
+        return _needed(ctx, _affine_legendre_p3_backward(grad, *ctx.saved_tensors))
 
 
 # ---- ReLU -----------------------------------------------------------------------------------------
 
 
-class ReLUFunction(torch.autograd.Function):
-    """``torch.relu``, bit for bit, values and gradients: ``x < 0 ? 0 : x`` (NaN stays NaN,
-    ``-0.0`` stays ``-0.0``); the gradient is 0 where the result is ``<= 0`` (so 0 at ``x == 0``)
-    and passes through where it is positive or NaN. It saves the result, not x.
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
+    """``torch.relu(x)`` (or ``torch.relu_(x)`` with ``inplace=True``), bit for bit, values and
+    gradients: ``x < 0 ? 0 : x`` (NaN stays NaN, ``-0.0`` stays ``-0.0``); the gradient is 0 where
+    the result is ``<= 0`` (so 0 at ``x == 0``) and passes through where it is positive or NaN.
+    It saves the result, not x.
 
     The tutorial's ``MyReLU`` differs at exactly ``x == 0``: it zeroes the gradient only where
     ``x < 0``, so at 0 it passes the gradient (1) where torch.relu and this op give 0."""
+    if inplace:
+        return _ReLUInplaceFunction.apply(x)
+    _check_x("relu", x)
+    return _relu(x)
+
+
+class ReLUFunction(torch.autograd.Function):
+    """:func:`relu` as an ``autograd.Function`` (``ReLUFunction.apply(x)``)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -263,7 +194,7 @@ class ReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return _first_order(_ReLUBackward, _relu_backward, grad, y)
+        return _relu_backward(grad, y)
 
 
 class _ReLUInplaceFunction(torch.autograd.Function):
@@ -278,24 +209,6 @@ class _ReLUInplaceFunction(torch.autograd.Function):
         return x
 
     backward = staticmethod(ReLUFunction.backward)
-
-
-class _ReLUBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, grad, y):
-        ctx.save_for_backward(y)
-        return _relu_backward(grad, y)
-
-    @staticmethod
-    def backward(ctx, gdx):
-        # dx = mask(y)·g is linear in g, and its derivative in y is zero almost everywhere.
-        (y,) = ctx.saved_tensors
-        return _ReLUBackward.apply(gdx, y), None
-
-
-def relu(x: Tensor, inplace: bool = False) -> Tensor:
-    """``torch.relu(x)`` (or ``torch.relu_(x)`` with ``inplace=True``), fused, bit for bit."""
-    return (_ReLUInplaceFunction if inplace else ReLUFunction).apply(x)
 
 
 # ---- fake kernels: what each operator returns, for torch.compile, export and meta tensors ----------

@@ -54,7 +54,7 @@ class Cubic(_Coefficients):
         super().__init__(a, b, c, d, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.CubicFunction.apply(x, self.a, self.b, self.c, self.d)
+        return F.cubic(x, self.a, self.b, self.c, self.d)
 
     def extra_repr(self) -> str:
         a, b, c, d = (_fmt(p) for p in (self.a, self.b, self.c, self.d))
@@ -69,7 +69,7 @@ class AffineLegendreP3(_Coefficients):
         super().__init__(a, b, c, d, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.AffineLegendreP3Function.apply(x, self.a, self.b, self.c, self.d)
+        return F.affine_legendre_p3(x, self.a, self.b, self.c, self.d)
 
     def extra_repr(self) -> str:
         a, b, c, d = (_fmt(p) for p in (self.a, self.b, self.c, self.d))
@@ -80,7 +80,7 @@ class LegendreP3(torch.nn.Module):
     """``P3(x) = 0.5 (5 x^3 - 3 x)``, fused; no parameters."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.LegendreP3Function.apply(x)
+        return F.legendre_p3(x)
 
 
 class ReLU(torch.nn.Module):

@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 import torch
+from conftest import same_bits
 
-import torchext  # noqa: F401
+import torchext
 from torchext.info import build_info
 
 OPERATORS = [
@@ -92,3 +93,17 @@ def test_baseline_and_avx2_loops_agree_bitwise(tmp_path):
         pytest.skip("this CPU has no AVX2: only the baseline loops run here")
     for a, b in zip(results["base"][1], results["auto"][1]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_16bit_results_round_as_torch(dtype):
+    """The CPU loops narrow float results to 16 bits themselves (cpu/loops_impl.h, bit operations
+    and F16C): they must round as torch does (to nearest even, overflowing to inf)."""
+    big = torch.finfo(dtype).max
+    x = torch.cat([torch.randn(20_000, dtype=torch.float64), torch.tensor([big, -big, big / 2])])
+    x = x.to(dtype)
+    x = x[x != 0]
+    # 0 + x·(3 + x·(0 + x·0)) is 3x computed exactly in float, then rounded once.
+    y = torchext.cubic(x, 0.0, 3.0, 0.0, 0.0)
+    assert same_bits(y, (x.float() * 3).to(dtype))
+    assert torch.isinf(y[-3:-1]).all()

@@ -11,11 +11,18 @@
 
 // Every torch header first: nothing of torch's may be compiled under the AVX2 pragma below.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <immintrin.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -40,15 +47,19 @@ constexpr int kLanes = 16;
 // wheels are built for the baseline too, so without this the compiler may use SSE2 only: half the
 // width, and measured twice as slow (benchmarks/NOTES.md).
 #define TORCHEXT_ISA base
+#define TORCHEXT_F16C 0
 #include "loops_impl.h"
+#undef TORCHEXT_F16C
 #undef TORCHEXT_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TORCHEXT_HAVE_AVX2 1
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,f16c")
 #define TORCHEXT_ISA avx2
+#define TORCHEXT_F16C 1
 #include "loops_impl.h"
+#undef TORCHEXT_F16C
 #undef TORCHEXT_ISA
 #pragma GCC pop_options
 #else
@@ -80,25 +91,35 @@ namespace cpu {
 
 using Grads5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// The type the loops run an op's functor in: op-math (they convert the 16-bit types in blocks),
+// or the stored type for ops that only compare and select (kOnStoredType: ReLU), except half,
+// whose comparisons c10 makes through a software conversion (measured 36x slower than F16C blocks;
+// bfloat16's are a shift, and the blocks' round trip would double ReLU's time).
+template <typename scalar_t, bool kOnStoredType>
+using compute_t = std::conditional_t<kOnStoredType && !std::is_same_v<scalar_t, c10::Half>,
+                                     scalar_t, at::opmath_type<scalar_t>>;
+
 // y = f(x)
-template <template <typename> class Op>
+template <template <typename> class Op, bool kOnStoredType = false>
 at::Tensor unary_forward(const char* op, const at::Tensor& x) {
   Forward f = prepare_forward(op, x);
   TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-    TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
-                      f.x.numel(), Op<scalar_t>{});
+    using T = compute_t<scalar_t, kOnStoredType>;
+    TORCHEXT_CPU_LOOP(map<T>, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
+                      f.x.numel(), Op<T>{});
   });
   return f.y;
 }
 
 // dx = f'(g, v), v being what the forward saved (x, or the result for ReLU).
-template <template <typename> class Op>
+template <template <typename> class Op, bool kOnStoredType = false>
 at::Tensor unary_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,
                           const char* v_name) {
   Backward bw = prepare_backward(op, grad, v, v_name);
   TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-    TORCHEXT_CPU_LOOP(map2, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-                      bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{});
+    using T = compute_t<scalar_t, kOnStoredType>;
+    TORCHEXT_CPU_LOOP(map2<T>, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
+                      bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<T>{});
   });
   return bw.dx;
 }
@@ -109,8 +130,9 @@ at::Tensor coef_forward(const char* op, const at::Tensor& x, const at::Tensor& a
                         const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
   Forward f = prepare_forward(op, x, a, b, c, d);
   TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-    TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
-                      f.x.numel(), Op<scalar_t>{{f.coefs}});
+    using T = at::opmath_type<scalar_t>;
+    TORCHEXT_CPU_LOOP(map<T>, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
+                      f.x.numel(), Op<T>{{f.coefs}});
   });
   return f.y;
 }
@@ -122,9 +144,10 @@ Grads5 coef_backward(const char* op, const at::Tensor& grad, const at::Tensor& x
                      const at::Tensor& d) {
   Backward bw = prepare_backward(op, grad, x, a, b, c, d);
   TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
+    using T = at::opmath_type<scalar_t>;
     const auto sums = TORCHEXT_CPU_LOOP(
-        map2_reduce4, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-        bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{{bw.coefs}});
+        map2_reduce4<T>, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
+        bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<T>{{bw.coefs}});
     for (int k = 0; k < 4; ++k) math::store(bw.coef_out.ptr[k], bw.coef_out.dtype[k], sums[k]);
   });
   auto& cg = bw.coef_grads;

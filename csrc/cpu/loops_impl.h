@@ -8,29 +8,130 @@ namespace torchext {
 namespace cpu {
 namespace TORCHEXT_ISA {
 
+// ---- 16-bit types: converted a block at a time -------------------------------------------------
+// The loops compute in op-math type: float and double in place; bfloat16 and half are widened to
+// float a block at a time, computed as float, and narrowed back. c10's per-element conversions
+// inside the math kept the compiler from vectorizing it: bfloat16 ran 2.5x and float16 25x slower
+// than float32 (benchmarks/NOTES.md §5). The block conversions here are plain bit operations the
+// compiler vectorizes (bfloat16) or F16C instructions (half, AVX2 build).
+
+constexpr int64_t kBlock = 256;  // a multiple of kLanes: block edges keep the reduction's order
+static_assert(kBlock % kLanes == 0 && kChunk % kBlock == 0);
+
+template <typename T>
+constexpr bool kIsFloat16 = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
+// bfloat16 is float's upper half: exact.
+inline void widen(const c10::BFloat16* src, float* __restrict__ dst, int64_t n) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = uint32_t{bits[i]} << 16;
+    std::memcpy(dst + i, &u, sizeof u);
+  }
+}
+
+// Round to nearest even, as c10::BFloat16(float) does; a NaN keeps its sign and payload (made
+// quiet), so ReLU returns a NaN input's bits as they came.
+inline void narrow(const float* __restrict__ src, c10::BFloat16* dst, int64_t n) {
+  uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, src + i, sizeof u);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x40u;
+    bits[i] = static_cast<uint16_t>(src[i] != src[i] ? nan : rounded);
+  }
+}
+
+#if TORCHEXT_F16C
+// IEEE conversions in hardware, round to nearest even: the same values as c10's software
+// conversions (NaN payloads are kept rather than made canonical).
+inline void widen(const c10::Half* src, float* __restrict__ dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i].x);
+}
+
+inline void narrow(const float* __restrict__ src, c10::Half* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
+  }
+  for (; i < n; ++i) dst[i] = c10::Half(_cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT),
+                                        c10::Half::from_bits());
+}
+#else
+inline void widen(const c10::Half* src, float* __restrict__ dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+inline void narrow(const float* __restrict__ src, c10::Half* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = c10::Half(src[i]);
+}
+#endif
+
+// Calls body(y, len, in) over [begin, end) in the type T the functor computes in: with the
+// pointers themselves where T is the stored type; with float blocks converted from and to the
+// 16-bit types otherwise.
+template <typename T, typename scalar_t, size_t N, typename Body>
+void in_type(int64_t begin, int64_t end, std::array<const scalar_t*, N> in, scalar_t* y,
+             const Body& body) {
+  static_assert(std::is_same_v<T, scalar_t> || (std::is_same_v<T, float> && kIsFloat16<scalar_t>));
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    for (auto& p : in) p += begin;
+    body(y + begin, end - begin, in);
+  } else {
+    float out[kBlock], buf[N][kBlock];
+    std::array<const float*, N> blocks;
+    for (size_t k = 0; k < N; ++k) blocks[k] = buf[k];
+    for (int64_t i = begin; i < end; i += kBlock) {
+      const int64_t len = std::min(kBlock, end - i);
+      for (size_t k = 0; k < N; ++k) widen(in[k] + i, buf[k], len);
+      body(out, len, blocks);
+      narrow(out, y + i, len);
+    }
+  }
+}
+
+// ---- the loops: op is the functor (math.h) for T, the op-math type, or the stored type for ops
+// that only compare and select (ReLU: exact either way, faster without the round trip) ----------
+
 // y[i] = op.forward(x[i])
-template <typename scalar_t, typename Op>
+template <typename T, typename scalar_t, typename Op>
 void map(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, Op op) {
   op.load();
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     const Op o = op;  // a local copy: stores through y cannot alias it
-    for (int64_t i = begin; i < end; ++i) y[i] = o.forward(x[i]);
+    auto body = [&o](T* __restrict__ yb, int64_t len, std::array<const T*, 1> in) {
+      const T* __restrict__ xb = in[0];
+      for (int64_t i = 0; i < len; ++i) yb[i] = o.forward(xb[i]);
+    };
+    in_type<T, scalar_t, 1>(begin, end, {x}, y, body);
   });
 }
 
 // out[i] = op.backward(g[i], v[i])
-template <typename scalar_t, typename Op>
+template <typename T, typename scalar_t, typename Op>
 void map2(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
           scalar_t* __restrict__ out, int64_t n, Op op) {
   op.load();
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     const Op o = op;
-    for (int64_t i = begin; i < end; ++i) out[i] = o.backward(g[i], v[i]);
+    auto body = [&o](T* __restrict__ ob, int64_t len, std::array<const T*, 2> in) {
+      const T* __restrict__ gb = in[0];
+      const T* __restrict__ vb = in[1];
+      for (int64_t i = 0; i < len; ++i) ob[i] = o.backward(gb[i], vb[i]);
+    };
+    in_type<T, scalar_t, 2>(begin, end, {g, v}, out, body);
   });
 }
 
 // dx[i] = op.backward(g[i], x[i], t) and returns Σ t[k] for k < 4, in op-math type.
-template <typename scalar_t, typename Op, typename acc_t = typename Op::acc_t>
+template <typename T, typename scalar_t, typename Op, typename acc_t = typename Op::acc_t>
 std::array<acc_t, 4> map2_reduce4(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
                                   scalar_t* __restrict__ dx, int64_t n, Op op) {
   op.load();
@@ -39,21 +140,27 @@ std::array<acc_t, 4> map2_reduce4(const scalar_t* __restrict__ g, const scalar_t
   at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t ch = cb; ch < ce; ++ch) {
       const Op o = op;
-      const int64_t begin = ch * kChunk, end = std::min(n, begin + kChunk);
       acc_t acc[4][kLanes] = {};
-      int64_t i = begin;
-      for (; i + kLanes <= end; i += kLanes) {
-        for (int l = 0; l < kLanes; ++l) {
+      // Lane l takes the elements at offsets ≡ l (mod kLanes) from the chunk's start: the same
+      // whole-chunk or block by block, since blocks start at multiples of kLanes.
+      auto body = [&o, &acc](T* __restrict__ db, int64_t len, std::array<const T*, 2> in) {
+        const T* __restrict__ gb = in[0];
+        const T* __restrict__ xb = in[1];
+        int64_t i = 0;
+        for (; i + kLanes <= len; i += kLanes) {
+          for (int l = 0; l < kLanes; ++l) {
+            acc_t t[4];
+            db[i + l] = o.backward(gb[i + l], xb[i + l], t);
+            for (int k = 0; k < 4; ++k) acc[k][l] += t[k];
+          }
+        }
+        for (int l = 0; i < len; ++i, ++l) {
           acc_t t[4];
-          dx[i + l] = o.backward(g[i + l], x[i + l], t);
+          db[i] = o.backward(gb[i], xb[i], t);
           for (int k = 0; k < 4; ++k) acc[k][l] += t[k];
         }
-      }
-      for (int l = 0; i < end; ++i, ++l) {
-        acc_t t[4];
-        dx[i] = o.backward(g[i], x[i], t);
-        for (int k = 0; k < 4; ++k) acc[k][l] += t[k];
-      }
+      };
+      in_type<T, scalar_t, 2>(ch * kChunk, std::min(n, (ch + 1) * kChunk), {g, x}, dx, body);
       for (int k = 0; k < 4; ++k) {
         acc_t s = 0;
         for (int l = 0; l < kLanes; ++l) s += acc[k][l];

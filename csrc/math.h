@@ -2,8 +2,9 @@
 // (as torchvision's csrc/ops do). Each op is a small functor:
 //   forward(x)               -> y
 //   backward(g, x, t[4])     -> dx, and t = this element's terms of the four coefficient gradients
-// Values are converted to the op-math type (float for half/bfloat16, else the input type) inside the
-// functor, so the kernels in cpu/loops.h and cuda/loops.cuh only load, call and store.
+// A functor instantiated for a 16-bit type converts to the op-math type (float) inside (the CUDA
+// kernels do that); the CPU loops instead instantiate it for float and convert whole blocks, which
+// vectorizes (cpu/loops_impl.h).
 #pragma once
 
 #include <ATen/OpMathType.h>

@@ -69,6 +69,7 @@ Tensor sum_to(const Tensor& t, const Tensor& like) { return t.sum().reshape(like
 // y = op(x, a, b, c, d). Saves the inputs; one backward call gives all five gradients.
 template <const char* Name, const char* Backward>
 struct CoefFunction : torch::autograd::Function<CoefFunction<Name, Backward>> {
+  static constexpr const char* kName = Name;
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& a, const Tensor& b,
                         const Tensor& c, const Tensor& d) {
     ctx->save_for_backward({x, a, b, c, d});
@@ -83,6 +84,7 @@ struct CoefFunction : torch::autograd::Function<CoefFunction<Name, Backward>> {
 // y = op(x). The backward operator takes what the forward saved: x, or (ReLU) the result.
 template <const char* Name, const char* Backward, bool kSavesResult>
 struct UnaryFunction : torch::autograd::Function<UnaryFunction<Name, Backward, kSavesResult>> {
+  static constexpr const char* kName = Name;
   static Tensor forward(AutogradContext* ctx, const Tensor& x) {
     Tensor y = call_below_autograd<UnaryOp, Name>(x);
     ctx->save_for_backward({kSavesResult ? y : x});
@@ -99,6 +101,7 @@ struct UnaryFunction : torch::autograd::Function<UnaryFunction<Name, Backward, k
 // the five incoming gradients to the six gradients of (g, x, a, b, c, d).
 template <const char* Name, class Formula>
 struct CoefBackwardFunction : torch::autograd::Function<CoefBackwardFunction<Name, Formula>> {
+  static constexpr const char* kName = Name;
   static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& x,
                                const Tensor& a, const Tensor& b, const Tensor& c,
                                const Tensor& d) {
@@ -150,6 +153,7 @@ struct AffineLegendreP3SecondOrder {
 // dx = op_backward(g, v). Formula::grad maps (g, v, gdx) to the gradients of (g, v).
 template <const char* Name, class Formula>
 struct UnaryBackwardFunction : torch::autograd::Function<UnaryBackwardFunction<Name, Formula>> {
+  static constexpr const char* kName = Name;
   static Tensor forward(AutogradContext* ctx, const Tensor& g, const Tensor& v) {
     ctx->save_for_backward({g, v});
     return call_below_autograd<UnaryBackwardOp, Name>(g, v);
@@ -188,58 +192,54 @@ bool records_nothing(const Args&... inputs) {
   return !recording && !(has_tangent(inputs) || ...);
 }
 
-template <class F, const char* Name>
+template <class F>
 Tensor coef_kernel(const Tensor& x, const Tensor& a, const Tensor& b, const Tensor& c,
                    const Tensor& d) {
-  if (records_nothing(x, a, b, c, d)) return call_below_autograd<CoefOp, Name>(x, a, b, c, d);
+  if (records_nothing(x, a, b, c, d)) {
+    return call_below_autograd<CoefOp, F::kName>(x, a, b, c, d);
+  }
   return F::apply(x, a, b, c, d);
 }
 
-template <class F, const char* Name>
+template <class F>
 Grads5 coef_backward_kernel(const Tensor& g, const Tensor& x, const Tensor& a, const Tensor& b,
                             const Tensor& c, const Tensor& d) {
   if (records_nothing(g, x, a, b, c, d)) {
-    return call_below_autograd<CoefBackwardOp, Name>(g, x, a, b, c, d);
+    return call_below_autograd<CoefBackwardOp, F::kName>(g, x, a, b, c, d);
   }
   return as_tuple(F::apply(g, x, a, b, c, d));
 }
 
-template <class F, const char* Name>
+template <class F>
 Tensor unary_kernel(const Tensor& x) {
-  if (records_nothing(x)) return call_below_autograd<UnaryOp, Name>(x);
+  if (records_nothing(x)) return call_below_autograd<UnaryOp, F::kName>(x);
   return F::apply(x);
 }
 
-template <class F, const char* Name>
+template <class F>
 Tensor unary_backward_kernel(const Tensor& g, const Tensor& v) {
-  if (records_nothing(g, v)) return call_below_autograd<UnaryBackwardOp, Name>(g, v);
+  if (records_nothing(g, v)) return call_below_autograd<UnaryBackwardOp, F::kName>(g, v);
   return F::apply(g, v);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchext, Autograd, m) {
-  m.impl("cubic", &coef_kernel<CoefFunction<kCubic, kCubicBackward>, kCubic>);
+  m.impl("cubic", &coef_kernel<CoefFunction<kCubic, kCubicBackward>>);
   m.impl("cubic_backward",
-         &coef_backward_kernel<CoefBackwardFunction<kCubicBackward, CubicSecondOrder>,
-                               kCubicBackward>);
+         &coef_backward_kernel<CoefBackwardFunction<kCubicBackward, CubicSecondOrder>>);
   m.impl("affine_legendre_p3",
-         &coef_kernel<CoefFunction<kAffineLegendreP3, kAffineLegendreP3Backward>,
-                      kAffineLegendreP3>);
+         &coef_kernel<CoefFunction<kAffineLegendreP3, kAffineLegendreP3Backward>>);
   m.impl("affine_legendre_p3_backward",
          &coef_backward_kernel<
-             CoefBackwardFunction<kAffineLegendreP3Backward, AffineLegendreP3SecondOrder>,
-             kAffineLegendreP3Backward>);
+             CoefBackwardFunction<kAffineLegendreP3Backward, AffineLegendreP3SecondOrder>>);
   m.impl("legendre_p3",
-         &unary_kernel<UnaryFunction<kLegendreP3, kLegendreP3Backward, /*kSavesResult=*/false>,
-                       kLegendreP3>);
+         &unary_kernel<UnaryFunction<kLegendreP3, kLegendreP3Backward, /*kSavesResult=*/false>>);
   m.impl("legendre_p3_backward",
-         &unary_backward_kernel<UnaryBackwardFunction<kLegendreP3Backward, LegendreP3SecondOrder>,
-                                kLegendreP3Backward>);
-  m.impl("relu", &unary_kernel<UnaryFunction<kReLU, kReLUBackward, /*kSavesResult=*/true>, kReLU>);
+         &unary_backward_kernel<UnaryBackwardFunction<kLegendreP3Backward, LegendreP3SecondOrder>>);
+  m.impl("relu", &unary_kernel<UnaryFunction<kReLU, kReLUBackward, /*kSavesResult=*/true>>);
   m.impl("relu_backward",
-         &unary_backward_kernel<UnaryBackwardFunction<kReLUBackward, ReLUSecondOrder>,
-                                kReLUBackward>);
+         &unary_backward_kernel<UnaryBackwardFunction<kReLUBackward, ReLUSecondOrder>>);
 }
 
 }  // namespace torchext

@@ -154,6 +154,9 @@ struct AffineLegendreP3Op : WithCoefs<scalar_t> {
 // NaN payloads survive) and returns x itself unless x < 0, which keeps NaN and −0.0 as they are.
 template <typename scalar_t>
 struct ReLUOp {
+  // Exact on the stored type (it only compares and selects): the CPU loops run it there rather
+  // than in op-math, which would add a conversion round trip (cpu/loops.h).
+  static constexpr bool kOnStoredType = true;
   C10_HOST_DEVICE void load() {}
   C10_HOST_DEVICE scalar_t forward(scalar_t x) const { return x < scalar_t(0) ? scalar_t(0) : x; }
   // From the saved output, as torch's threshold_backward: 0 where y <= 0 (x == ±0 included),

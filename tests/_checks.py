@@ -49,6 +49,10 @@ class OpChecks:
         return getattr(torch.ops.torchext, self.op).default
 
     @property
+    def backward_operator(self):
+        return getattr(torch.ops.torchext, f"{self.op}_backward").default
+
+    @property
     def has_coefs(self):
         return self.op in COEF_OPS
 
@@ -175,7 +179,7 @@ class OpChecks:
         assert gradcheck(self.operator, (x, *cs))
         assert gradgradcheck(self.operator, (x, *cs))
         g = randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)
-        bwd = getattr(torch.ops.torchext, f"{self.op}_backward").default
+        bwd = self.backward_operator
         saved = self.operator(x, *cs).detach() if self.op == "relu" else x
         assert gradcheck(bwd, (g, saved, *cs))
         assert gradgradcheck(bwd, (g, saved, *cs))
@@ -211,18 +215,16 @@ class OpChecks:
             for dtype in (torch.float32, torch.float64, torch.bfloat16):
                 x, cs = self.make(shape, dtype, device, grad=False)
                 g = randn(*shape, dtype=dtype, device=device)
-                fwd = getattr(torch.ops.torchext, self.op).default
-                bwd = getattr(torch.ops.torchext, f"{self.op}_backward").default
+                fwd, bwd = self.operator, self.backward_operator
                 saved = fwd(x, *cs) if self.op == "relu" else x
                 samples += [(fwd, (x, *cs)), (bwd, (g, saved, *cs))]
         x, cs = self.make((5, 6), torch.float32, device, grad=False)
-        samples.append((getattr(torch.ops.torchext, self.op).default, (x.t(), *cs)))
+        samples.append((self.operator, (x.t(), *cs)))
         # Inputs that require grad: opcheck then also checks the autograd registration and
         # AOTAutograd's trace of the backward.
         x, cs = self.make((3, 4), torch.float64, device, torch.float64)
         g = randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
-        fwd = getattr(torch.ops.torchext, self.op).default
-        bwd = getattr(torch.ops.torchext, f"{self.op}_backward").default
+        fwd, bwd = self.operator, self.backward_operator
         saved = fwd(x, *cs).detach().requires_grad_() if self.op == "relu" else x
         samples += [(fwd, (x, *cs)), (bwd, (g, saved, *cs))]
         return samples
@@ -235,8 +237,7 @@ class OpChecks:
         x, cs = self.make((3, 5), torch.float32, "meta", grad=False)
         y = fn(x.t(), *cs)
         assert y.device.type == "meta" and y.shape == (5, 3) and y.is_contiguous()
-        bwd = getattr(torch.ops.torchext, f"{self.op}_backward")
-        outs = bwd(torch.empty_like(x), x, *cs)
+        outs = self.backward_operator(torch.empty_like(x), x, *cs)
         outs = outs if isinstance(outs, tuple) else (outs,)
         assert [o.shape for o in outs] == [x.shape] + [c.shape for c in cs]
 

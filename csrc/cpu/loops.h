@@ -71,8 +71,9 @@ namespace cpu {
 
 // Runs the loop `NAME` of the chosen instruction set.
 #if TORCHEXT_HAVE_AVX2
-#define TORCHEXT_CPU_LOOP(NAME, ...) \
-  (::torchext::cpu::isa() == ::torchext::cpu::Isa::Avx2 ? avx2::NAME(__VA_ARGS__) : base::NAME(__VA_ARGS__))
+#define TORCHEXT_CPU_LOOP(NAME, ...)                                                \
+  (::torchext::cpu::isa() == ::torchext::cpu::Isa::Avx2 ? avx2::NAME(__VA_ARGS__) \
+                                                          : base::NAME(__VA_ARGS__))
 #else
 #define TORCHEXT_CPU_LOOP(NAME, ...) base::NAME(__VA_ARGS__)
 #endif
@@ -92,33 +93,40 @@ namespace cpu {
 using Grads5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // The type the loops run an op's functor in: op-math (they convert the 16-bit types in blocks),
-// or the stored type for ops that only compare and select (kOnStoredType: ReLU), except half,
-// whose comparisons c10 makes through a software conversion (measured 36x slower than F16C blocks;
+// or the stored type for functors that declare kOnStoredType (ReLU), except half, whose
+// comparisons c10 makes through a software conversion (measured 36x slower than F16C blocks;
 // bfloat16's are a shift, and the blocks' round trip would double ReLU's time).
-template <typename scalar_t, bool kOnStoredType>
-using compute_t = std::conditional_t<kOnStoredType && !std::is_same_v<scalar_t, c10::Half>,
+template <typename Functor, typename = void>
+constexpr bool kOnStoredType = false;
+template <typename Functor>
+constexpr bool kOnStoredType<Functor, std::void_t<decltype(Functor::kOnStoredType)>> =
+    Functor::kOnStoredType;
+
+template <template <typename> class Op, typename scalar_t>
+using compute_t = std::conditional_t<kOnStoredType<Op<scalar_t>> &&
+                                         !std::is_same_v<scalar_t, c10::Half>,
                                      scalar_t, at::opmath_type<scalar_t>>;
 
 // y = f(x)
-template <template <typename> class Op, bool kOnStoredType = false>
+template <template <typename> class Op>
 at::Tensor unary_forward(const char* op, const at::Tensor& x) {
   Forward f = prepare_forward(op, x);
   TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-    using T = compute_t<scalar_t, kOnStoredType>;
-    TORCHEXT_CPU_LOOP(map<T>, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
+    using T = compute_t<Op, scalar_t>;
+    TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
                       f.x.numel(), Op<T>{});
   });
   return f.y;
 }
 
 // dx = f'(g, v), v being what the forward saved (x, or the result for ReLU).
-template <template <typename> class Op, bool kOnStoredType = false>
+template <template <typename> class Op>
 at::Tensor unary_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,
                           const char* v_name) {
   Backward bw = prepare_backward(op, grad, v, v_name);
   TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-    using T = compute_t<scalar_t, kOnStoredType>;
-    TORCHEXT_CPU_LOOP(map2<T>, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
+    using T = compute_t<Op, scalar_t>;
+    TORCHEXT_CPU_LOOP(map2, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
                       bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<T>{});
   });
   return bw.dx;
@@ -130,8 +138,8 @@ at::Tensor coef_forward(const char* op, const at::Tensor& x, const at::Tensor& a
                         const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
   Forward f = prepare_forward(op, x, a, b, c, d);
   TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-    using T = at::opmath_type<scalar_t>;
-    TORCHEXT_CPU_LOOP(map<T>, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
+    using T = compute_t<Op, scalar_t>;
+    TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
                       f.x.numel(), Op<T>{{f.coefs}});
   });
   return f.y;
@@ -144,9 +152,9 @@ Grads5 coef_backward(const char* op, const at::Tensor& grad, const at::Tensor& x
                      const at::Tensor& d) {
   Backward bw = prepare_backward(op, grad, x, a, b, c, d);
   TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-    using T = at::opmath_type<scalar_t>;
+    using T = compute_t<Op, scalar_t>;
     const auto sums = TORCHEXT_CPU_LOOP(
-        map2_reduce4<T>, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
+        map2_reduce4, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
         bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<T>{{bw.coefs}});
     for (int k = 0; k < 4; ++k) math::store(bw.coef_out.ptr[k], bw.coef_out.dtype[k], sums[k]);
   });

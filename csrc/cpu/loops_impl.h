@@ -1,5 +1,5 @@
 // The CPU loops, included twice by loops.h: once for baseline x86-64 (or whatever the target is)
-// and once under `#pragma GCC target("avx2")`, each time in its own namespace
+// and once under `#pragma GCC target("avx2,f16c")`, each time in its own namespace
 // (TORCHEXT_ISA). No include guard, on purpose. Only code that is ours lives here: a torch header
 // included under the pragma would compile torch's inline functions for AVX2 too, and the linker
 // could then hand those to a CPU without it.
@@ -19,7 +19,7 @@ constexpr int64_t kBlock = 256;  // a multiple of kLanes: block edges keep the r
 static_assert(kBlock % kLanes == 0 && kChunk % kBlock == 0);
 
 template <typename T>
-constexpr bool kIsFloat16 = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+constexpr bool kIs16Bit = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
 
 // bfloat16 is float's upper half: exact.
 inline void widen(const c10::BFloat16* src, float* __restrict__ dst, int64_t n) {
@@ -80,7 +80,8 @@ inline void narrow(const float* __restrict__ src, c10::Half* dst, int64_t n) {
 template <typename T, typename scalar_t, size_t N, typename Body>
 void in_type(int64_t begin, int64_t end, std::array<const scalar_t*, N> in, scalar_t* y,
              const Body& body) {
-  static_assert(std::is_same_v<T, scalar_t> || (std::is_same_v<T, float> && kIsFloat16<scalar_t>));
+  static_assert(std::is_same_v<T, scalar_t> || (std::is_same_v<T, float> && kIs16Bit<scalar_t>),
+                "a functor computes in the stored type, or in float for the 16-bit types");
   if constexpr (std::is_same_v<T, scalar_t>) {
     for (auto& p : in) p += begin;
     body(y + begin, end - begin, in);
@@ -97,12 +98,17 @@ void in_type(int64_t begin, int64_t end, std::array<const scalar_t*, N> in, scal
   }
 }
 
-// ---- the loops: op is the functor (math.h) for T, the op-math type, or the stored type for ops
-// that only compare and select (ReLU: exact either way, faster without the round trip) ----------
+// ---- the loops: op is the functor (math.h) instantiated for T, the type it computes in ----------
+// (op-math, or the stored type: compute_t in loops.h)
+
+// The T of a functor Op<T>.
+template <template <typename> class Op, typename T>
+T value_type_of(const Op<T>&);
 
 // y[i] = op.forward(x[i])
-template <typename T, typename scalar_t, typename Op>
+template <typename scalar_t, typename Op>
 void map(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, Op op) {
+  using T = decltype(value_type_of(op));
   op.load();
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     const Op o = op;  // a local copy: stores through y cannot alias it
@@ -115,9 +121,10 @@ void map(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, Op
 }
 
 // out[i] = op.backward(g[i], v[i])
-template <typename T, typename scalar_t, typename Op>
+template <typename scalar_t, typename Op>
 void map2(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
           scalar_t* __restrict__ out, int64_t n, Op op) {
+  using T = decltype(value_type_of(op));
   op.load();
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     const Op o = op;
@@ -131,9 +138,10 @@ void map2(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
 }
 
 // dx[i] = op.backward(g[i], x[i], t) and returns Σ t[k] for k < 4, in op-math type.
-template <typename T, typename scalar_t, typename Op, typename acc_t = typename Op::acc_t>
+template <typename scalar_t, typename Op, typename acc_t = typename Op::acc_t>
 std::array<acc_t, 4> map2_reduce4(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
                                   scalar_t* __restrict__ dx, int64_t n, Op op) {
+  using T = decltype(value_type_of(op));
   op.load();
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<std::array<acc_t, 4>> partial(chunks);

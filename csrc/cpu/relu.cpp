@@ -9,15 +9,10 @@ namespace {
 
 constexpr const char* kOp = "torchext.relu";
 
-// ReLU only compares and selects: the loops run it on the stored type (cpu/loops.h).
-constexpr bool kOnStoredType = true;
-
-at::Tensor relu(const at::Tensor& x) {
-  return cpu::unary_forward<math::ReLUOp, kOnStoredType>(kOp, x);
-}
+at::Tensor relu(const at::Tensor& x) { return cpu::unary_forward<math::ReLUOp>(kOp, x); }
 
 at::Tensor relu_backward(const at::Tensor& grad, const at::Tensor& result) {
-  return cpu::unary_backward<math::ReLUOp, kOnStoredType>(kOp, grad, result, "result");
+  return cpu::unary_backward<math::ReLUOp>(kOp, grad, result, "result");
 }
 
 }  // namespace

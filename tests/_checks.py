@@ -220,8 +220,10 @@ class OpChecks:
                 samples += [(fwd, (x, *cs)), (bwd, (g, saved, *cs))]
         x, cs = self.make((5, 6), torch.float32, device, grad=False)
         samples.append((self.operator, (x.t(), *cs)))
-        # Inputs that require grad: opcheck then also checks the autograd registration and
-        # AOTAutograd's trace of the backward.
+        # Inputs that require grad: opcheck then also traces the backward with AOTAutograd and
+        # compares its gradients with eager's, and checks that no autograd formula hides at a
+        # backend key. (That an autograd kernel exists at all, test_operators_are_differentiable
+        # checks: opcheck passes an operator without one.)
         x, cs = self.make((3, 4), torch.float64, device, torch.float64)
         g = randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
         fwd, bwd = self.operator, self.backward_operator

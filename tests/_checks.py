@@ -73,7 +73,7 @@ class OpChecks:
         # and stored in the coefficient's dtype: compare them at the coarser of the two, the
         # tolerance widened with the square root of the count.
         acc = torch.float64 if dtype == torch.float64 else torch.float32
-        for got, want, c in zip(grads[1:], grads_ref[1:], cs):
+        for got, want, c in zip(grads[1:], grads_ref[1:], cs, strict=True):
             assert got.shape == c.shape and got.dtype == c.dtype
             tol_dtype = max(acc, c.dtype, key=lambda t: TOLERANCES[t][1])
             assert_close(got, want, tol_dtype, scale=math.sqrt(max(x.numel(), 1)))
@@ -124,9 +124,11 @@ class OpChecks:
         gv = torch.autograd.grad(y_view, [base, *cs], g)
         gc = torch.autograd.grad(y_contig, [x_contig, *cs], g)
         expected_base = torch.zeros_like(base)
-        expected_base = torch.autograd.grad(make_view(expected_base.requires_grad_()), expected_base, gc[0])[0]
+        expected_base = torch.autograd.grad(
+            make_view(expected_base.requires_grad_()), expected_base, gc[0]
+        )[0]
         torch.testing.assert_close(gv[0], expected_base)
-        for a, b in zip(gv[1:], gc[1:]):
+        for a, b in zip(gv[1:], gc[1:], strict=True):
             torch.testing.assert_close(a, b)
 
     @pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 5)])
@@ -136,7 +138,7 @@ class OpChecks:
         assert y.shape == x.shape and y.dtype == dtype
         grads = torch.autograd.grad(y.sum(), [x, *cs])
         assert grads[0].shape == x.shape
-        for g, c in zip(grads[1:], cs):  # a sum over nothing is zero
+        for g, c in zip(grads[1:], cs, strict=True):  # a sum over nothing is zero
             assert g.shape == c.shape and g.item() == 0
 
     @pytest.mark.parametrize("coef_shape", [(), (1,)])
@@ -156,7 +158,7 @@ class OpChecks:
         g = randn(200_003, device=device, seed=3)
         runs = [torch.autograd.grad(fn(x, *cs), [x, *cs], g) for _ in range(3)]
         for other in runs[1:]:
-            for a, b in zip(runs[0], other):
+            for a, b in zip(runs[0], other, strict=True):
                 assert torch.equal(a, b)
 
     # ---- autograd checks -------------------------------------------------------------------
@@ -255,5 +257,5 @@ class OpChecks:
         torch.testing.assert_close(y_c, y_e)
         grads_c = torch.autograd.grad(y_c, [x, *cs], g)
         grads_e = torch.autograd.grad(y_e, [x, *cs], g)
-        for a, b in zip(grads_c, grads_e):
+        for a, b in zip(grads_c, grads_e, strict=True):
             torch.testing.assert_close(a, b)

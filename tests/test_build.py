@@ -91,7 +91,7 @@ def test_baseline_and_avx2_loops_agree_bitwise(tmp_path):
     assert "cpu_isa=base" in results["base"][0]
     if "cpu_isa=avx2" not in results["auto"][0]:
         pytest.skip("this CPU has no AVX2: only the baseline loops run here")
-    for a, b in zip(results["base"][1], results["auto"][1]):
+    for a, b in zip(results["base"][1], results["auto"][1], strict=True):
         assert torch.equal(a, b)
 
 

@@ -1,6 +1,7 @@
 """The differentiable torchext ops: the functions ``torchext.cubic`` & co., the
 ``torch.autograd.Function`` subclasses with the same arguments, and the fake kernels that tell
-``torch.compile`` and meta tensors what the operators in ``torch.ops.torchext`` (csrc/ops.cpp) return.
+``torch.compile`` and meta tensors what the operators in ``torch.ops.torchext`` (csrc/ops.cpp)
+return.
 
 Two ways to the same kernels and the same gradients:
 
@@ -84,10 +85,10 @@ def _coefs(op: str, x, a, b, c, d):
 
 def _needed(ctx, grads):
     """None for the inputs that need no gradient (Python numbers among them)."""
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=True))
 
 
-# ---- cubic: a + b·x + c·x² + d·x³ -----------------------------------------------------------------
+# ---- cubic: a + b·x + c·x² + d·x³ ----------------------------------------------------------------
 
 
 def cubic(x: Tensor, a, b, c, d) -> Tensor:
@@ -164,7 +165,7 @@ class AffineLegendreP3Function(torch.autograd.Function):
         return _needed(ctx, _affine_legendre_p3_backward(grad, *ctx.saved_tensors))
 
 
-# ---- ReLU -----------------------------------------------------------------------------------------
+# ---- ReLU ----------------------------------------------------------------------------------------
 
 
 def relu(x: Tensor, inplace: bool = False) -> Tensor:
@@ -211,7 +212,7 @@ class _ReLUInplaceFunction(torch.autograd.Function):
     backward = staticmethod(ReLUFunction.backward)
 
 
-# ---- fake kernels: what each operator returns, for torch.compile, export and meta tensors ----------
+# ---- fake kernels: what each operator returns, for torch.compile, export and meta tensors --------
 
 
 def _check_fake(op: str, x: Tensor, *coefs: Tensor) -> None:
@@ -221,7 +222,7 @@ def _check_fake(op: str, x: Tensor, *coefs: Tensor) -> None:
             f"torchext.{op}: 'x' must be a float16, bfloat16, float32 or float64 tensor, "
             f"got {x.dtype}"
         )
-    for name, c in zip("abcd", coefs):
+    for name, c in zip("abcd", coefs, strict=False):  # no coefs for the unary ops
         if c.dtype not in _FLOATS:
             raise TypeError(f"torchext.{op}: coefficient '{name}' must be a floating tensor, "
                             f"got {c.dtype}")

@@ -3,6 +3,7 @@ argparse errors for bad options."""
 
 import argparse
 import csv
+import itertools
 import math
 import os
 import subprocess
@@ -66,7 +67,7 @@ def test_quick_numbers_are_positive_and_finite(quick_run):
     for r in rows:
         for column in ("median_us", "gbps", "copy_fraction"):
             assert 0 < float(r[column]) < math.inf, (column, r)
-        assert int(r["blocks"]) >= 1, r
+        assert int(r["blocks"]) >= bench.QUICK["rounds"], r  # a block per turn at least
 
 
 @pytest.mark.slow
@@ -93,11 +94,25 @@ def test_quick_writes_markdown_and_plots(quick_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_contenders_take_turns():
+    # Each statement is timed in every round, one after the other (after a warm-up of each), and
+    # its times collect the blocks of all its turns.
+    calls = []
+    stmts = {key: (lambda key=key: calls.append(key)) for key in ("a", "b", "c")}
+    times = bench._time_rounds(stmts, min_run_time=0.003, rounds=3)
+    turns = [key for key, _ in itertools.groupby(calls)]
+    assert turns == ["a", "b", "c"] * (1 + 3)
+    assert set(times) == set(stmts)
+    assert all(len(t) >= 3 and min(t) > 0 for t in times.values())
+
+
 def test_default_sizes_include_the_tutorials():
     cpu = bench._settings(parse([])).sizes
     assert cpu == sorted([2**k for k in range(10, 25, 2)] + [2000])
     quick = bench._settings(parse(["--quick"]))
     assert (quick.sizes, quick.dtypes) == (list(QUICK_SIZES), ["float32"])
+    rounds = bench._settings(parse([])).rounds, quick.rounds
+    assert rounds == (bench.ROUNDS, bench.QUICK["rounds"])
     assert bench._settings(parse(["--quick", "--sizes", "2000,2^3", "--sizes", "5"])).sizes == [
         5, 8, 2000
     ]
@@ -118,6 +133,7 @@ BAD = [
     ["--passes", "sideways"],
     ["--threads", "0"],
     ["--min-run-time", "-1"],
+    ["--rounds", "0"],
 ]
 
 

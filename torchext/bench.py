@@ -6,10 +6,14 @@ expression and ``torch.compile`` of it, with ``y.copy_(x)`` and ``torch.neg`` as
     python -m torchext bench --ops cubic,relu --sizes 2000,2^20 --dtypes float32 --passes fwdbwd
     python -m torchext bench --device cuda --out benchmarks/results
 
-Contenders are interleaved: for each dtype and size the floors run first, then for each op and
-pass every contender in turn. Inputs are seeded random normals; ``x`` and the coefficients (0-dim
-float32) require grad, and the forward pass runs with grad enabled, as in training. Each cell is
-timed with ``torch.utils.benchmark.Timer.blocked_autorange`` after a warm-up.
+Contenders are interleaved: for each dtype, size, op and pass, the op's four contenders and the
+floors (``torch.neg`` for the pass, and the copy) take ``--rounds`` turns (default 5), each turn a
+``torch.utils.benchmark.Timer.blocked_autorange`` of ``--min-run-time / --rounds`` seconds, after a
+warm-up. A contender's time is the median over the blocks of all its turns, so a burst of load
+from another process spoils one turn rather than a whole cell, and every ratio compares times
+taken side by side. The floors' rows merge their turns with every op. Inputs are seeded random
+normals; ``x`` and the coefficients (0-dim float32) require grad, and the forward pass runs with
+grad enabled, as in training.
 
 Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and one PNG per
 (pass, dtype). Columns of ``results.csv``:
@@ -21,7 +25,8 @@ Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and on
   pass        fwd (forward), bwd (autograd.grad of a graph built once, retain_graph=True),
               fwdbwd (forward then autograd.grad)
   dtype, n    dtype of x (coefficients stay float32) and its number of elements
-  median_us, iqr_us   median time per call and its interquartile range, microseconds
+  median_us, iqr_us   median time per call and its interquartile range over the timed blocks
+              of all turns, microseconds
   blocks      how many timed blocks (of one or more calls) they come from; with one the IQR is 0
   gbps        GB/s counted from the fewest bytes the pass must move: fwd reads x and writes y
               (2 n itemsize), bwd reads g and x and writes dx (3), fwdbwd both (5), copy 2
@@ -40,6 +45,7 @@ import csv
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 import types
@@ -60,7 +66,8 @@ DEFAULT_DTYPES = ("float32", "bfloat16")
 BYTES = {"fwd": 2, "bwd": 3, "fwdbwd": 5, "copy": 2}
 PASS_TITLES = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward + backward"}
 TUTORIAL_N = 2000
-QUICK = {"sizes": [2**10, 2**14], "dtypes": ["float32"], "min_run_time": 0.02}
+QUICK = {"sizes": [2**10, 2**14], "dtypes": ["float32"], "min_run_time": 0.02, "rounds": 2}
+ROUNDS = 5
 COLUMNS = (
     "device", "device_name", "torch", "threads", "op", "impl", "pass", "dtype", "n",
     "median_us", "iqr_us", "blocks", "gbps", "copy_fraction", "peak_mem_mb", "compile_s",
@@ -146,6 +153,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive(int), help="torch.set_num_threads(N)")
     parser.add_argument("--min-run-time", type=_positive(float),
                         help="seconds of timing per cell (default 0.2; 0.02 with --quick)")
+    parser.add_argument("--rounds", type=_positive(int),
+                        help=f"turns the contenders take, each timed min-run-time/rounds per "
+                             f"turn (default {ROUNDS}; {QUICK['rounds']} with --quick)")
 
 
 def _settings(args) -> argparse.Namespace:
@@ -161,6 +171,7 @@ def _settings(args) -> argparse.Namespace:
         passes=[p for p in PASSES if p in (args.passes or PASSES)],
         out=args.out,
         min_run_time=args.min_run_time or (QUICK["min_run_time"] if args.quick else 0.2),
+        rounds=args.rounds or (QUICK["rounds"] if args.quick else ROUNDS),
     )
 
 
@@ -198,14 +209,24 @@ def _pass_fn(fn, inputs, g, pass_: str):
     return lambda: torch.autograd.grad(fn(*inputs), inputs, g)
 
 
-def _time(stmt, min_run_time: float):
-    """The ``Measurement`` of ``stmt`` (times in seconds), after a warm-up."""
+def _time_rounds(stmts: dict, min_run_time: float, rounds: int) -> dict:
+    """{key: the per-call seconds of every timed block} for ``stmts`` ({key: statement}), timed
+    in turns: ``rounds`` rounds, in each of which every statement gets
+    ``Timer.blocked_autorange(min_run_time / rounds)``. A burst of load from another process
+    then spoils one round of one contender, which the median over all blocks shrugs off, instead
+    of a whole cell."""
     from torch.utils import benchmark  # imported here: it costs every other subcommand ~0.2 s
 
-    for _ in range(3):
-        stmt()
-    timer = benchmark.Timer("stmt()", globals={"stmt": stmt}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time)
+    for stmt in stmts.values():  # warm-up: allocator caches, lazy initialisation
+        for _ in range(3):
+            stmt()
+    times = {key: [] for key in stmts}
+    for _ in range(rounds):
+        for key, stmt in stmts.items():
+            timer = benchmark.Timer("stmt()", globals={"stmt": stmt},
+                                    num_threads=torch.get_num_threads())
+            times[key] += timer.blocked_autorange(min_run_time=min_run_time / rounds).times
+    return times
 
 
 def _peak_mem_mb(stmt, device: str) -> float:
@@ -266,39 +287,56 @@ def _contenders(op: str, inputs, g, passes) -> tuple[dict, float]:
     return per_pass, compile_s
 
 
-def _cell(cfg, meta, op, impl, pass_, dtype, n, stmt, **extra) -> dict:
-    """One row: time ``stmt`` (and its peak memory for fwdbwd)."""
-    m = _time(stmt, cfg.min_run_time)
-    if pass_ == "fwdbwd":
-        extra["peak_mem_mb"] = _peak_mem_mb(stmt, cfg.device)
-    gbps = BYTES[pass_] * n * getattr(torch, dtype).itemsize / m.median / 1e9
-    return dict(meta, op=op, impl=impl, dtype=dtype, n=n, median_us=m.median * 1e6,
-                iqr_us=m.iqr * 1e6, blocks=len(m.times), gbps=gbps, **{"pass": pass_}, **extra)
+def _row(meta, op, impl, pass_, dtype, n, times, **extra) -> dict:
+    """One CSV row from the per-call seconds of the timed blocks."""
+    median = statistics.median(times)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median,) * 3
+    gbps = BYTES[pass_] * n * getattr(torch, dtype).itemsize / median / 1e9
+    return dict(meta, op=op, impl=impl, dtype=dtype, n=n, median_us=median * 1e6,
+                iqr_us=(q3 - q1) * 1e6, blocks=len(times), gbps=gbps, **{"pass": pass_}, **extra)
 
 
-def _measure_floors(cfg, meta, dtype, n, progress) -> list[dict]:
-    (x,), g = _inputs("neg", n, dtype, cfg.device)
-    progress.step(f"copy {dtype} n={n}")
-    src, dst = x.detach(), torch.empty_like(x)
-    rows = [_cell(cfg, meta, "floor", "copy", "copy", dtype, n, lambda: dst.copy_(src))]
-    for pass_ in cfg.passes:
-        progress.step(f"neg {pass_} {dtype} n={n}")
-        stmt = _pass_fn(torch.neg, (x,), g, pass_)
-        rows.append(_cell(cfg, meta, "floor", "neg", pass_, dtype, n, stmt))
-    return rows
+def _floor_stmts(floor_inputs, pass_: str, with_copy: bool) -> dict:
+    """The floors that join every op's turns: torch.neg for the pass, and the copy."""
+    (x,), g = floor_inputs
+    stmts = {("floor", "neg"): _pass_fn(torch.neg, (x,), g, pass_)}
+    if with_copy:
+        src, dst = x.detach(), torch.empty_like(x)
+        stmts["floor", "copy"] = lambda: dst.copy_(src)
+    return stmts
 
 
-def _measure_op(cfg, meta, op, dtype, n, progress) -> list[dict]:
+def _measure_op(cfg, meta, op, dtype, n, floor_inputs, floor_times, progress) -> list[dict]:
+    """Rows for every contender and pass of one op; the floors' blocks go to ``floor_times``."""
     inputs, g = _inputs(op, n, dtype, cfg.device)
     progress.step(f"compile {op} {dtype} n={n}", advance=0)
     per_pass, compile_s = _contenders(op, inputs, g, cfg.passes)
     rows = []
     for pass_, fns in per_pass.items():
-        for impl, fn in fns.items():
-            progress.step(f"{op} {impl} {pass_} {dtype} n={n}")
+        progress.step(f"{op} {pass_} {dtype} n={n}")
+        stmts = {(op, impl): _pass_fn(fn, inputs, g, pass_) for impl, fn in fns.items()}
+        stmts.update(_floor_stmts(floor_inputs, pass_, with_copy=pass_ == cfg.passes[0]))
+        times = _time_rounds(stmts, cfg.min_run_time, cfg.rounds)
+        for (key_op, impl), t in times.items():
+            if key_op == "floor":
+                floor_times.setdefault((impl, "copy" if impl == "copy" else pass_), []).extend(t)
+                continue
             extra = {"compile_s": compile_s} if impl == "compile" else {}
-            stmt = _pass_fn(fn, inputs, g, pass_)
-            rows.append(_cell(cfg, meta, op, impl, pass_, dtype, n, stmt, **extra))
+            if pass_ == "fwdbwd":
+                extra["peak_mem_mb"] = _peak_mem_mb(stmts[key_op, impl], cfg.device)
+            rows.append(_row(meta, op, impl, pass_, dtype, n, t, **extra))
+    return rows
+
+
+def _floor_rows(cfg, meta, dtype, n, floor_inputs, floor_times) -> list[dict]:
+    """The floors' rows: the blocks of all their turns, with every op, together."""
+    rows = []
+    for (impl, pass_), times in floor_times.items():
+        extra = {}
+        if pass_ == "fwdbwd":
+            stmt = _floor_stmts(floor_inputs, pass_, with_copy=False)["floor", "neg"]
+            extra["peak_mem_mb"] = _peak_mem_mb(stmt, cfg.device)
+        rows.append(_row(meta, "floor", impl, pass_, dtype, n, times, **extra))
     return rows
 
 
@@ -311,9 +349,10 @@ def _measure(cfg, meta, progress) -> list[dict]:
     rows = []
     for dtype in cfg.dtypes:
         for n in cfg.sizes:
-            rows += _measure_floors(cfg, meta, dtype, n, progress)
+            floor_inputs, floor_times = _inputs("neg", n, dtype, cfg.device), {}
             for op in cfg.ops:
-                rows += _measure_op(cfg, meta, op, dtype, n, progress)
+                rows += _measure_op(cfg, meta, op, dtype, n, floor_inputs, floor_times, progress)
+            rows += _floor_rows(cfg, meta, dtype, n, floor_inputs, floor_times)
     return _with_copy_fraction(rows)
 
 
@@ -404,7 +443,7 @@ def _command(cfg, meta) -> str:
     lists = {"ops": cfg.ops, "sizes": cfg.sizes, "dtypes": cfg.dtypes, "passes": cfg.passes}
     args = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in lists.items())
     return (f"python -m torchext bench --device {cfg.device} {args} --threads {meta['threads']} "
-            f"--min-run-time {cfg.min_run_time}")
+            f"--min-run-time {cfg.min_run_time} --rounds {cfg.rounds}")
 
 
 def _header(cfg, meta, load) -> list[str]:
@@ -418,8 +457,10 @@ def _header(cfg, meta, load) -> list[str]:
         f"| threads | {meta['threads']} |",
         f"| load average | {load[0]:.1f} at the start, {load[1]:.1f} at the end (1 minute; other "
         "processes competing for the cores make every time longer and noisier) |",
-        f"| timing | median of `Timer.blocked_autorange(min_run_time={cfg.min_run_time})`; "
-        "interquartile ranges and block counts in results.csv |",
+        f"| timing | for each op and pass, its contenders and the floors take {cfg.rounds} turns "
+        f"of `Timer.blocked_autorange(min_run_time={cfg.min_run_time / cfg.rounds:g})`; the "
+        "median over all the blocks of a contender's turns (interquartile ranges and block "
+        "counts in results.csv) |",
         f"| command | `{_command(cfg, meta)}` |", "",
         "µs: median time per call. *vs X*: X's time / torchext's (above 1: torchext is faster). "
         "*neg/torchext*: `torch.neg`'s time for the same pass / torchext's (1: as cheap as the "
@@ -506,8 +547,7 @@ def run(args) -> int:
     meta = {"device": cfg.device, "device_name": _device_name(cfg.device),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     cfg.out.mkdir(parents=True, exist_ok=True)
-    per_size = 1 + len(cfg.passes) * (1 + len(CONTENDERS) * len(cfg.ops))
-    progress = _Progress(len(cfg.dtypes) * len(cfg.sizes) * per_size)
+    progress = _Progress(len(cfg.dtypes) * len(cfg.sizes) * len(cfg.ops) * len(cfg.passes))
     load = os.getloadavg()[0]
     rows = _measure(cfg, meta, progress)
     progress.close()

@@ -6,6 +6,7 @@ import csv
 import itertools
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -104,6 +105,36 @@ def test_contenders_take_turns():
     assert turns == ["a", "b", "c"] * (1 + 3)
     assert set(times) == set(stmts)
     assert all(len(t) >= 3 and min(t) > 0 for t in times.values())
+
+
+FAULTS_ONCE_SETTLED = """
+import resource, sys, torch
+from torchext import bench
+print(bench._keep_freed_memory() if sys.argv[1] == "keep" else "system")
+for _ in range(12):  # 64 MB each, freed at once: malloc's heap settles
+    torch.ones(2**24)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):
+    torch.ones(2**24)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the bench sets glibc's malloc only")
+def test_kept_memory_is_reused_without_page_faults():
+    # With glibc's defaults a 64 MB block is mmapped and unmapped: each new allocation faults its
+    # pages in again. --keep-freed-memory makes malloc keep them: once its heap has settled (it
+    # can take a few allocations of the same size), allocations reuse mapped pages.
+    faults = {}
+    for mode in ("keep", "system"):
+        result = subprocess.run([sys.executable, "-c", FAULTS_ONCE_SETTLED, mode],
+                                capture_output=True, text=True, timeout=120, check=True)
+        reported, count = result.stdout.split()
+        assert reported == mode
+        faults[mode] = int(count)
+    pages = 8 * 2**24 * 4 // 4096
+    assert faults["keep"] < pages // 100 and faults["keep"] < faults["system"], faults
 
 
 def test_default_sizes_include_the_tutorials():

@@ -15,9 +15,19 @@ taken side by side. The floors' rows merge their turns with every op. Inputs are
 normals; ``x`` and the coefficients (0-dim float32) require grad, and the forward pass runs with
 grad enabled, as in training.
 
+Host memory: with glibc's defaults every block of 128 KB or more comes fresh from the OS, so every
+output from 2^15 float32 elements on is page-faulted in by its first touch. That is what users get,
+and it costs the contenders that allocate more (the tutorial, eager) more; but on a shared VM a page
+fault's cost varies several-fold from minute to minute, and from 2^18 elements on it dominates
+every contender's time (``torch.neg`` forward+backward at 2^20: 0.36 to 4.8 ms;
+benchmarks/NOTES.md §7). ``--keep-freed-memory`` first tells glibc's malloc to keep freed memory
+for reuse (``mallopt``: no ``mmap``, no trimming), as a caching allocator (jemalloc, tcmalloc)
+would, once its heap has settled: the times then measure the kernels rather than the OS.
+
 Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and one PNG per
 (pass, dtype). Columns of ``results.csv``:
   device, device_name, torch, threads   where it ran (CPU model or GPU name, torch version, threads)
+  malloc      the process's C allocator: "system" (its defaults) or "keep" (--keep-freed-memory)
   op          cubic, legendre_p3, affine_legendre_p3, relu; ``floor`` for the floors
   impl        torchext, tutorial (torchext.reference.TUTORIAL), eager (torchext.reference.EAGER),
               compile (torch.compile of eager, static shapes; for bwd a second compile with
@@ -42,6 +52,7 @@ Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and on
 import argparse
 import contextlib
 import csv
+import ctypes
 import math
 import os
 import platform
@@ -66,10 +77,16 @@ DEFAULT_DTYPES = ("float32", "bfloat16")
 BYTES = {"fwd": 2, "bwd": 3, "fwdbwd": 5, "copy": 2}
 PASS_TITLES = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward + backward"}
 TUTORIAL_N = 2000
+MALLOC_NOTES = {
+    "keep": "freed memory kept for reuse (glibc mallopt: M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1), "
+            "as with a caching allocator: outputs do not page-fault once the heap has settled",
+    "system": "the C allocator's defaults (glibc: blocks of 128 KB and more come fresh from the "
+              "OS, and the first touch of each page faults; see --keep-freed-memory)",
+}
 QUICK = {"sizes": [2**10, 2**14], "dtypes": ["float32"], "min_run_time": 0.02, "rounds": 2}
 ROUNDS = 5
 COLUMNS = (
-    "device", "device_name", "torch", "threads", "op", "impl", "pass", "dtype", "n",
+    "device", "device_name", "torch", "threads", "malloc", "op", "impl", "pass", "dtype", "n",
     "median_us", "iqr_us", "blocks", "gbps", "copy_fraction", "peak_mem_mb", "compile_s",
 )
 
@@ -151,6 +168,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny CI run: sizes 2^10,2^14, float32, short timing "
                              "(explicit --sizes/--dtypes/--min-run-time still win)")
     parser.add_argument("--threads", type=_positive(int), help="torch.set_num_threads(N)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="make glibc's malloc keep freed memory for reuse (no mmap, no "
+                             "trimming), so that outputs do not page-fault")
     parser.add_argument("--min-run-time", type=_positive(float),
                         help="seconds of timing per cell (default 0.2; 0.02 with --quick)")
     parser.add_argument("--rounds", type=_positive(int),
@@ -176,6 +196,18 @@ def _settings(args) -> argparse.Namespace:
 
 
 # ---- measuring -----------------------------------------------------------------------------------
+
+
+def _keep_freed_memory() -> str:
+    """Tell glibc's malloc to serve every block from its heap and never give the heap back, so
+    that a freed output's pages are reused, already mapped, by the next call; "keep" if done,
+    "system" where the C library is not glibc."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return "system"
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    return "keep" if ok else "system"
 
 
 def _device_name(device: str) -> str:
@@ -443,7 +475,8 @@ def _command(cfg, meta) -> str:
     lists = {"ops": cfg.ops, "sizes": cfg.sizes, "dtypes": cfg.dtypes, "passes": cfg.passes}
     args = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in lists.items())
     return (f"python -m torchext bench --device {cfg.device} {args} --threads {meta['threads']} "
-            f"--min-run-time {cfg.min_run_time} --rounds {cfg.rounds}")
+            f"--min-run-time {cfg.min_run_time} --rounds {cfg.rounds}"
+            + (" --keep-freed-memory" if meta["malloc"] == "keep" else ""))
 
 
 def _header(cfg, meta, load) -> list[str]:
@@ -455,6 +488,7 @@ def _header(cfg, meta, load) -> list[str]:
         f"| device | {cfg.device}: {meta['device_name']} |",
         f"| torch | {meta['torch']} |",
         f"| threads | {meta['threads']} |",
+        f"| host memory | {MALLOC_NOTES[meta['malloc']]} |",
         f"| load average | {load[0]:.1f} at the start, {load[1]:.1f} at the end (1 minute; other "
         "processes competing for the cores make every time longer and noisier) |",
         f"| timing | for each op and pass, its contenders and the floors take {cfg.rounds} turns "
@@ -544,8 +578,9 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     # Quiet the profiler's per-session log lines (used for CPU peak memory) unless asked for.
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    malloc = _keep_freed_memory() if args.keep_freed_memory else "system"
     meta = {"device": cfg.device, "device_name": _device_name(cfg.device),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "malloc": malloc}
     cfg.out.mkdir(parents=True, exist_ok=True)
     progress = _Progress(len(cfg.dtypes) * len(cfg.sizes) * len(cfg.ops) * len(cfg.passes))
     load = os.getloadavg()[0]

@@ -1,6 +1,7 @@
 """The ecosystem: torch.compile (Inductor, fullgraph) trains the tutorial's models to eager
-torchext's losses; torch.export captures a module using every op and its program runs; CUDA graph
-capture and replay of forward+backward matches eager.
+torchext's losses; compiled autograd gives eager's gradients; torch.export captures a module
+using every op and its program runs; CUDA graph capture and replay of forward+backward matches
+eager.
 
 torch.compile is slow on a small machine, so both tutorial models share one compiled function
 (one forward graph, one backward graph), and the test checks that nothing recompiles.
@@ -116,6 +117,35 @@ def test_export_with_a_dynamic_dimension():
     for rows in (2, 5, 1000):
         x = torch.randn(rows, 3)
         torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=0)
+
+
+# ---- compiled autograd ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compiled_autograd_gives_eager_gradients():
+    """Compiled autograd traces the backward graph itself: every op's derivative node (the C++
+    torch::autograd::Function of csrc/autograd.cpp) must let it, and give eager's gradients.
+    benchmarks/NOTES.md §6 weighs this against a faster, hand-written autograd node."""
+    model = EveryOp()
+    x = torch.linspace(-2, 2, 37, requires_grad=True)
+    params = [x, *model.parameters()]
+
+    def step():
+        model(x).square().sum().backward()
+        grads = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        return grads
+
+    eager = step()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        compiled = torch.compile(step)()
+    assert torch._dynamo.utils.counters["compiled_autograd"]["captures"] >= 1, "not captured"
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 # ---- CUDA graphs ---------------------------------------------------------------------------------

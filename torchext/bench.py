@@ -331,44 +331,45 @@ def _row(meta, op, impl, pass_, dtype, n, times, **extra) -> dict:
 def _floor_stmts(floor_inputs, pass_: str, with_copy: bool) -> dict:
     """The floors that join every op's turns: torch.neg for the pass, and the copy."""
     (x,), g = floor_inputs
-    stmts = {("floor", "neg"): _pass_fn(torch.neg, (x,), g, pass_)}
+    stmts = {("floor", "neg", pass_): _pass_fn(torch.neg, (x,), g, pass_)}
     if with_copy:
         src, dst = x.detach(), torch.empty_like(x)
-        stmts["floor", "copy"] = lambda: dst.copy_(src)
+        stmts["floor", "copy", "copy"] = lambda: dst.copy_(src)
     return stmts
 
 
 def _measure_op(cfg, meta, op, dtype, n, floor_inputs, floor_times, progress) -> list[dict]:
-    """Rows for every contender and pass of one op; the floors' blocks go to ``floor_times``."""
+    """Rows for every contender and pass of one op; the floors' blocks go to ``floor_times``.
+    Statements are keyed (op, impl, pass) as the rows are."""
     inputs, g = _inputs(op, n, dtype, cfg.device)
     progress.step(f"compile {op} {dtype} n={n}", advance=0)
     per_pass, compile_s = _contenders(op, inputs, g, cfg.passes)
     rows = []
     for pass_, fns in per_pass.items():
         progress.step(f"{op} {pass_} {dtype} n={n}")
-        stmts = {(op, impl): _pass_fn(fn, inputs, g, pass_) for impl, fn in fns.items()}
+        stmts = {(op, impl, pass_): _pass_fn(fn, inputs, g, pass_) for impl, fn in fns.items()}
         stmts.update(_floor_stmts(floor_inputs, pass_, with_copy=pass_ == cfg.passes[0]))
         times = _time_rounds(stmts, cfg.min_run_time, cfg.rounds)
-        for (key_op, impl), t in times.items():
-            if key_op == "floor":
-                floor_times.setdefault((impl, "copy" if impl == "copy" else pass_), []).extend(t)
+        for key, t in times.items():
+            if key[0] == "floor":
+                floor_times.setdefault(key, []).extend(t)
                 continue
-            extra = {"compile_s": compile_s} if impl == "compile" else {}
+            extra = {"compile_s": compile_s} if key[1] == "compile" else {}
             if pass_ == "fwdbwd":
-                extra["peak_mem_mb"] = _peak_mem_mb(stmts[key_op, impl], cfg.device)
-            rows.append(_row(meta, op, impl, pass_, dtype, n, t, **extra))
+                extra["peak_mem_mb"] = _peak_mem_mb(stmts[key], cfg.device)
+            rows.append(_row(meta, *key, dtype, n, t, **extra))
     return rows
 
 
 def _floor_rows(cfg, meta, dtype, n, floor_inputs, floor_times) -> list[dict]:
     """The floors' rows: the blocks of all their turns, with every op, together."""
     rows = []
-    for (impl, pass_), times in floor_times.items():
+    for key, times in floor_times.items():
         extra = {}
-        if pass_ == "fwdbwd":
-            stmt = _floor_stmts(floor_inputs, pass_, with_copy=False)["floor", "neg"]
+        if key[2] == "fwdbwd":
+            stmt = _floor_stmts(floor_inputs, "fwdbwd", with_copy=False)[key]
             extra["peak_mem_mb"] = _peak_mem_mb(stmt, cfg.device)
-        rows.append(_row(meta, "floor", impl, pass_, dtype, n, times, **extra))
+        rows.append(_row(meta, *key, dtype, n, times, **extra))
     return rows
 
 

@@ -52,6 +52,8 @@ def test_quick_csv_has_every_contender_pass_and_floor(quick_run):
     _, columns, rows = quick_run
     assert set(PROMISED) <= set(columns)
     assert {r["device"] for r in rows} == {"cpu"}
+    glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    assert {r["malloc"] for r in rows} == {"keep" if glibc else "system"}
     for n in QUICK_SIZES:
         for pass_ in bench.PASSES:
             for impl in bench.CONTENDERS:
@@ -88,7 +90,8 @@ def test_quick_writes_markdown_and_plots(quick_run):
     out, _, rows = quick_run
     md = (out / "results.md").read_text()
     for text in (rows[0]["torch"], rows[0]["device_name"], "threads", "### cubic, float32",
-                 "vs tutorial", "neg/torchext", "Peak memory", "torch.compile"):
+                 "vs tutorial", "neg/torchext", "Peak memory", "torch.compile", "## Goals",
+                 "| cubic, every size: ≤ 1.5× torch.neg"):
         assert text in md
     for pass_ in bench.PASSES:
         png = out / f"{pass_}-float32.png"
@@ -149,6 +152,56 @@ def test_default_sizes_include_the_tutorials():
     ]
 
 
+def test_memory_is_kept_unless_asked_otherwise():
+    assert parse([]).malloc == "keep"
+    assert parse(["--malloc", "system"]).malloc == "system"
+
+
+def timing(op, impl, n, us, pass_="fwdbwd", **extra):
+    return dict(op=op, impl=impl, n=n, dtype="float32", median_us=us, **{"pass": pass_}, **extra)
+
+
+def test_goals_say_met_missed_or_out_of_reach():
+    # A goal is met, or missed; or out of reach where even an op as cheap as torch.neg (its time;
+    # its memory) would miss it. Figures are rounded away from the goal.
+    rows = [
+        timing("cubic", "torchext", 2**20, 100), timing("cubic", "tutorial", 2**20, 1600),
+        timing("cubic", "compile", 2**20, 120), timing("floor", "neg", 2**20, 90),
+        timing("cubic", "torchext", 2000, 100), timing("cubic", "tutorial", 2000, 200),
+        timing("floor", "neg", 2000, 50),
+        timing("cubic", "torchext", 2**24, 1000, peak_mem_mb=128),
+        timing("cubic", "eager", 2**24, 3000, peak_mem_mb=384),
+        timing("floor", "neg", 2**24, 999, peak_mem_mb=160),
+        timing("relu", "torchext", 2**24, 1000, peak_mem_mb=128),
+        timing("relu", "eager", 2**24, 1000, peak_mem_mb=128),
+    ]
+    cfg = argparse.Namespace(device="cpu", ops=["cubic", "relu"], sizes=[2000, 2**20, 2**24])
+    idx = bench._index(rows)
+    goals = {text: rest for text, *rest in bench._goal_rows(cfg, idx)}
+    assert goals == {
+        "cubic, n = 2^20: ≥ 15× tutorial": ["16.00×", "17.77×", "met"],
+        "cubic, n = 2^20: ≥ 1.5× compile": ["1.20×", "1.33×", "out of reach"],
+        "cubic, n = 2000: ≥ 2.5× tutorial": ["2.00×", "4.00×", "missed"],
+        "cubic, every size: ≤ 1.5× torch.neg (worst: n = 2000)": ["2.00×", "—", "missed"],
+        "relu, every size: ≤ 1.5× torch.neg (worst: n = 2^24)": ["1.01×", "—", "met"],
+        "cubic, n = 2^24: peak memory ≤ 0.5 of eager's": ["0.34", "0.42", "met"],
+        "relu, n = 2^24: peak memory ≤ 0.5 of eager's": ["1.00", "1.25", "out of reach"],
+    }
+    section = "\n".join(bench._goals_section(bench._goal_rows(cfg, idx)))
+    assert "| cubic, n = 2^20: ≥ 15× tutorial | 16.00× | 17.77× | met |" in section
+    assert bench._goals_section([]) == []  # no goal cell measured: no section
+
+    # On a GPU: the bandwidth goals, at the run's largest size only.
+    fwd = [timing("cubic", "torchext", 2**10, 1, "fwd", copy_fraction=0.1),
+           timing("cubic", "torchext", 2**28, 1, "fwd", copy_fraction=0.85)]
+    bwd = [timing("cubic", "torchext", 2**28, 1, "bwd", copy_fraction=0.6999)]
+    cuda = argparse.Namespace(device="cuda", ops=["cubic"], sizes=[2**10, 2**28])
+    assert bench._goal_rows(cuda, bench._index(fwd + bwd)) == [
+        ["cubic forward, n = 2^28: ≥ 80% of copy", "85%", "—", "met"],
+        ["cubic backward, n = 2^28: ≥ 70% of copy", "69%", "—", "missed"],
+    ]
+
+
 def test_ops_and_passes_accept_lists_and_repeats():
     cfg = bench._settings(parse(["--ops", "relu,cubic", "--ops", "relu", "--passes", "bwd"]))
     assert (cfg.ops, cfg.passes) == (["relu", "cubic"], ["bwd"])
@@ -165,6 +218,7 @@ BAD = [
     ["--threads", "0"],
     ["--min-run-time", "-1"],
     ["--rounds", "0"],
+    ["--malloc", "jemalloc"],
 ]
 
 

@@ -15,19 +15,19 @@ taken side by side. The floors' rows merge their turns with every op. Inputs are
 normals; ``x`` and the coefficients (0-dim float32) require grad, and the forward pass runs with
 grad enabled, as in training.
 
-Host memory: with glibc's defaults every block of 128 KB or more comes fresh from the OS, so every
-output from 2^15 float32 elements on is page-faulted in by its first touch. That is what users get,
-and it costs the contenders that allocate more (the tutorial, eager) more; but on a shared VM a page
-fault's cost varies several-fold from minute to minute, and from 2^18 elements on it dominates
-every contender's time (``torch.neg`` forward+backward at 2^20: 0.36 to 4.8 ms;
-benchmarks/NOTES.md §7). ``--keep-freed-memory`` first tells glibc's malloc to keep freed memory
-for reuse (``mallopt``: no ``mmap``, no trimming), as a caching allocator (jemalloc, tcmalloc)
-would, once its heap has settled: the times then measure the kernels rather than the OS.
+Host memory: by default (``--malloc keep``) the bench first tells glibc's malloc to keep freed
+memory for reuse (``mallopt``: no ``mmap``, no trimming), as a caching allocator (jemalloc,
+tcmalloc) does once its heap has settled, so that the times measure the ops. With glibc's defaults
+(``--malloc system``) whether a call's outputs of 128 KB and more come fresh from the OS, and are
+page-faulted in by their first touch, depends on the heap's history: the same loop of two
+``torch.neg`` calls at 2^20 faulted 2016 times a call in one process and never in another, 4.0
+against 0.39 ms, and a fault's cost on a shared VM varies several-fold from minute to minute
+(benchmarks/NOTES.md §7, §8). The ratios between contenders then follow the allocator, not the ops.
 
 Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and one PNG per
 (pass, dtype). Columns of ``results.csv``:
   device, device_name, torch, threads   where it ran (CPU model or GPU name, torch version, threads)
-  malloc      the process's C allocator: "system" (its defaults) or "keep" (--keep-freed-memory)
+  malloc      the process's C allocator: "keep" (freed memory kept; the default) or "system"
   op          cubic, legendre_p3, affine_legendre_p3, relu; ``floor`` for the floors
   impl        torchext, tutorial (torchext.reference.TUTORIAL), eager (torchext.reference.EAGER),
               compile (torch.compile of eager, static shapes; for bwd a second compile with
@@ -80,8 +80,9 @@ TUTORIAL_N = 2000
 MALLOC_NOTES = {
     "keep": "freed memory kept for reuse (glibc mallopt: M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1), "
             "as with a caching allocator: outputs do not page-fault once the heap has settled",
-    "system": "the C allocator's defaults (glibc: blocks of 128 KB and more come fresh from the "
-              "OS, and the first touch of each page faults; see --keep-freed-memory)",
+    "system": "the C allocator's defaults (glibc: whether blocks of 128 KB and more come fresh "
+              "from the OS, to be page-faulted in by their first touch, depends on the heap's "
+              "history; see --malloc)",
 }
 QUICK = {"sizes": [2**10, 2**14], "dtypes": ["float32"], "min_run_time": 0.02, "rounds": 2}
 ROUNDS = 5
@@ -168,9 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny CI run: sizes 2^10,2^14, float32, short timing "
                              "(explicit --sizes/--dtypes/--min-run-time still win)")
     parser.add_argument("--threads", type=_positive(int), help="torch.set_num_threads(N)")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="make glibc's malloc keep freed memory for reuse (no mmap, no "
-                             "trimming), so that outputs do not page-fault")
+    parser.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                        help="keep (default): make glibc's malloc keep freed memory for reuse (no "
+                             "mmap, no trimming), so that outputs do not page-fault; system: the "
+                             "C library's defaults")
     parser.add_argument("--min-run-time", type=_positive(float),
                         help="seconds of timing per cell (default 0.2; 0.02 with --quick)")
     parser.add_argument("--rounds", type=_positive(int),
@@ -471,13 +473,126 @@ def _compile_table(cfg, idx) -> list[str]:
     return lines
 
 
+# ---- goals ---------------------------------------------------------------------------------------
+# The project's targets (its benchmark issue; benchmarks/NOTES.md §3 keeps their history), checked
+# on every run that measures their cells. Speed and memory: forward + backward, float32, on the
+# CPU; bandwidth: float32 on a GPU, at the run's largest size. A goal's *ceiling* is what an op as
+# cheap as torch.neg (in time, or in memory: its output and gradient) would score: a goal beyond
+# its ceiling is out of reach of any implementation, in this run.
+SPEEDUP_GOALS = (  # (op, n, versus, torchext at least this many times faster than versus)
+    ("cubic", 2**20, "tutorial", 15),
+    ("affine_legendre_p3", 2**20, "tutorial", 15),
+    ("legendre_p3", 2**20, "tutorial", 8),
+    ("relu", 2**20, "tutorial", 4),
+    ("cubic", 2**20, "compile", 1.5),
+    ("cubic", TUTORIAL_N, "tutorial", 2.5),
+    ("legendre_p3", TUTORIAL_N, "tutorial", 2),
+    ("affine_legendre_p3", TUTORIAL_N, "tutorial", 3),
+    ("relu", TUTORIAL_N, "tutorial", 1.2),
+)
+NEG_GOAL = 1.5  # every op at every size: at most this many times torch.neg's time (CPU)
+MEMORY_GOAL = (2**24, 0.5)  # at this n, peak memory at most this fraction of eager's (CPU)
+BANDWIDTH_GOALS = {"fwd": 0.8, "bwd": 0.7}  # fraction of the copy's GB/s (GPU)
+
+
+def _n_text(n: int) -> str:
+    return f"2^{n.bit_length() - 1}" if n >= 1024 and n & (n - 1) == 0 else str(n)
+
+
+def _goal(text, measured, ceiling, target, unit, higher_is_better=True) -> list[str]:
+    """One row of the goals table: the goal, what this run measured, the ceiling and a verdict."""
+    reaches = (lambda v: v >= target) if higher_is_better else (lambda v: v <= target)
+    verdict = ("met" if reaches(measured) else
+               "out of reach" if ceiling is not None and not reaches(ceiling) else "missed")
+    # Two decimals, rounded away from the goal, so that a figure shown as meeting it does.
+    def fmt(v):
+        v = (math.floor if higher_is_better else math.ceil)(round(v * 100, 6)) / 100
+        return f"{v:.0%}" if unit == "%" else f"{v:.2f}{unit}"
+
+    return [text, fmt(measured), "—" if ceiling is None else fmt(ceiling), verdict]
+
+
+def _cell(idx, op, impl, n, pass_="fwdbwd"):
+    """A float32 row of the run, or None where it was not measured."""
+    return idx.get((op, impl, pass_, "float32", n))
+
+
+def _speedup_goals(idx) -> list[list[str]]:
+    rows = []
+    for op, n, versus, times in SPEEDUP_GOALS:
+        mine, theirs = _cell(idx, op, "torchext", n), _cell(idx, op, versus, n)
+        neg = _cell(idx, "floor", "neg", n)
+        if mine and theirs and neg:
+            us = theirs["median_us"]
+            text = f"{op}, n = {_n_text(n)}: ≥ {times:g}× {versus}"
+            rows.append(_goal(text, us / mine["median_us"], us / neg["median_us"], times, "×"))
+    return rows
+
+
+def _neg_goals(cfg, idx) -> list[list[str]]:
+    rows = []
+    for op in cfg.ops:
+        ratios = [(_cell(idx, op, "torchext", n)["median_us"]
+                   / _cell(idx, "floor", "neg", n)["median_us"], n)
+                  for n in cfg.sizes if _cell(idx, op, "torchext", n)]
+        if ratios:
+            worst, n = max(ratios)
+            text = f"{op}, every size: ≤ {NEG_GOAL:g}× torch.neg (worst: n = {_n_text(n)})"
+            rows.append(_goal(text, worst, None, NEG_GOAL, "×", higher_is_better=False))
+    return rows
+
+
+def _memory_goals(cfg, idx) -> list[list[str]]:
+    n, fraction, rows = *MEMORY_GOAL, []
+    for op in cfg.ops:
+        mine, eager = _cell(idx, op, "torchext", n), _cell(idx, op, "eager", n)
+        neg = _cell(idx, "floor", "neg", n)
+        if mine and eager and neg:
+            mine_, neg_ = (r["peak_mem_mb"] / eager["peak_mem_mb"] for r in (mine, neg))
+            text = f"{op}, n = {_n_text(n)}: peak memory ≤ {fraction:g} of eager's"
+            rows.append(_goal(text, mine_, neg_, fraction, "", higher_is_better=False))
+    return rows
+
+
+def _bandwidth_goals(cfg, idx) -> list[list[str]]:
+    n, rows = max(cfg.sizes), []
+    for pass_, fraction in BANDWIDTH_GOALS.items():
+        for op in cfg.ops:
+            mine = _cell(idx, op, "torchext", n, pass_)
+            if mine:
+                text = f"{op} {PASS_TITLES[pass_]}, n = {_n_text(n)}: ≥ {fraction:.0%} of copy"
+                rows.append(_goal(text, mine["copy_fraction"], None, fraction, "%"))
+    return rows
+
+
+def _goal_rows(cfg, idx) -> list[list[str]]:
+    """The goals of the run's device whose cells it measured."""
+    if cfg.device == "cpu":
+        return _speedup_goals(idx) + _neg_goals(cfg, idx) + _memory_goals(cfg, idx)
+    return _bandwidth_goals(cfg, idx)
+
+
+def _goals_section(rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return []
+    return ["## Goals", "",
+            "The project's targets, for the cells this run measured. *ceiling*: what an op as "
+            "cheap as `torch.neg` would score (its time; for memory, its output and gradient): "
+            "a goal beyond its ceiling is *out of reach* of any implementation in this run. At "
+            "small n the ops with coefficients have a higher floor than `torch.neg`'s, the cost "
+            "of five differentiable inputs: `benchmarks/overhead_floor.py` measures it "
+            "(benchmarks/NOTES.md §6).", "",
+            "| goal | measured | ceiling | |", "|---|---:|---:|---|",
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
 def _command(cfg, meta) -> str:
     """The command line that repeats this run."""
     lists = {"ops": cfg.ops, "sizes": cfg.sizes, "dtypes": cfg.dtypes, "passes": cfg.passes}
     args = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in lists.items())
     return (f"python -m torchext bench --device {cfg.device} {args} --threads {meta['threads']} "
             f"--min-run-time {cfg.min_run_time} --rounds {cfg.rounds}"
-            + (" --keep-freed-memory" if meta["malloc"] == "keep" else ""))
+            + f" --malloc {meta['malloc']}")
 
 
 def _header(cfg, meta, load) -> list[str]:
@@ -508,7 +623,7 @@ def _header(cfg, meta, load) -> list[str]:
 
 def _write_markdown(cfg, meta, rows, path: Path, load: tuple[float, float]) -> None:
     idx = _index(rows)
-    lines = _header(cfg, meta, load)
+    lines = _header(cfg, meta, load) + _goals_section(_goal_rows(cfg, idx))
     for pass_ in sorted(cfg.passes, key=lambda p: p != "fwdbwd"):
         lines += [f"## {PASS_TITLES[pass_].capitalize()}", ""]
         for op in cfg.ops:
@@ -579,7 +694,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     # Quiet the profiler's per-session log lines (used for CPU peak memory) unless asked for.
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    malloc = _keep_freed_memory() if args.keep_freed_memory else "system"
+    malloc = _keep_freed_memory() if args.malloc == "keep" else "system"
     meta = {"device": cfg.device, "device_name": _device_name(cfg.device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "malloc": malloc}
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -591,4 +706,8 @@ def run(args) -> int:
     _write_markdown(cfg, meta, rows, cfg.out / "results.md", (load, os.getloadavg()[0]))
     pngs = _plot(cfg, meta, rows, cfg.out)
     print(f"wrote {cfg.out / 'results.csv'}, {cfg.out / 'results.md'} and {len(pngs)} plots")
+    verdicts = [row[-1] for row in _goal_rows(cfg, _index(rows))]
+    if verdicts:
+        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
+        print(f"goals: {counts} (results.md, section Goals)")
     return 0

@@ -1,4 +1,5 @@
-"""Builds torchext._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is found.
+"""Builds torchext._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is
+found.
 
 Switches (environment variables):
   USE_CUDA=0                skip the CUDA kernels; USE_CUDA=1 fails loudly if they cannot be built
@@ -11,7 +12,6 @@ Switches (environment variables):
 import glob
 import os
 import shutil
-
 
 
 def _set_cuda_home() -> None:

@@ -32,7 +32,7 @@ def run_case(op, n, dtype, offset, coef_dtype):
     tol = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
     ok = torch.allclose(y.double(), y_ref, rtol=tol, atol=tol)
     ok &= torch.allclose(grads[0].double(), grads_ref[0], rtol=tol, atol=tol)
-    for a, b in zip(grads[1:], grads_ref[1:]):
+    for a, b in zip(grads[1:], grads_ref[1:], strict=True):
         ok &= torch.allclose(a.double(), b, rtol=1e-3, atol=1e-3 * max(n, 1) ** 0.5)
     return bool(ok)
 

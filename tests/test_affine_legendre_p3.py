@@ -1,4 +1,5 @@
-"""torchext.affine_legendre_p3: the shared checks (tests/_checks.py) and what is particular to it."""
+"""torchext.affine_legendre_p3: the shared checks (tests/_checks.py) and what is particular to
+it."""
 
 from _checks import OpChecks
 

@@ -43,6 +43,14 @@ def test_cuda_kernels_registered_when_built(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"torchext::{op}", "CUDA")
 
 
+def test_package_exports_the_functional_api_and_its_modules():
+    # __all__ is spelled out in __init__.py (linters read it); it must follow functional.__all__.
+    assert sorted(torchext.__all__) == sorted(
+        [*torchext.functional.__all__, "functional", "nn", "reference"]
+    )
+    assert all(hasattr(torchext, name) for name in torchext.__all__)
+
+
 def test_missing_library_says_how_to_build():
     code = textwrap.dedent(
         """

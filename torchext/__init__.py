@@ -10,7 +10,7 @@ The same as ``torch.autograd.Function`` subclasses (``CubicFunction`` ...), the 
 ``torch.ops.torchext`` (differentiable themselves: the functions call them).
 """
 
-import torch
+import torch  # noqa: F401  (loads libtorch, which _C links against)
 
 try:
     from . import _C  # noqa: F401  (its import registers torch.ops.torchext.*)
@@ -36,4 +36,16 @@ from .functional import (
 
 __version__ = "0.1.0"
 
-__all__ = [*functional.__all__, "nn", "reference"]
+__all__ = [
+    "AffineLegendreP3Function",
+    "CubicFunction",
+    "LegendreP3Function",
+    "ReLUFunction",
+    "affine_legendre_p3",
+    "cubic",
+    "functional",
+    "legendre_p3",
+    "nn",
+    "reference",
+    "relu",
+]

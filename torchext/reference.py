@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-# ---- cubic ----------------------------------------------------------------------------------------
+# ---- cubic ---------------------------------------------------------------------------------------
 
 
 def cubic(x, a, b, c, d):
@@ -71,7 +71,8 @@ class CubicFunction(torch.autograd.Function):
 
 
 class Polynomial3(torch.nn.Module):
-    """The tutorial's module: four scalar parameters drawn from ``randn(())`` in the order a, b, c, d."""
+    """The tutorial's module: four scalar parameters drawn from ``randn(())``, in the order a, b,
+    c, d."""
 
     def __init__(self):
         super().__init__()
@@ -84,10 +85,11 @@ class Polynomial3(torch.nn.Module):
         return self.a + self.b * x + self.c * x**2 + self.d * x**3
 
     def string(self):
-        return f"y = {self.a.item()} + {self.b.item()} x + {self.c.item()} x^2 + {self.d.item()} x^3"
+        a, b, c, d = (p.item() for p in (self.a, self.b, self.c, self.d))
+        return f"y = {a} + {b} x + {c} x^2 + {d} x^3"
 
 
-# ---- Legendre P3 ----------------------------------------------------------------------------------
+# ---- Legendre P3 ---------------------------------------------------------------------------------
 
 
 def legendre_p3(x):
@@ -119,7 +121,7 @@ def affine_legendre_p3_tutorial(x, a, b, c, d):
     return a + b * LegendrePolynomial3.apply(c + d * x)
 
 
-# ---- ReLU -----------------------------------------------------------------------------------------
+# ---- ReLU ----------------------------------------------------------------------------------------
 
 
 def relu(x):

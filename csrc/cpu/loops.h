@@ -43,13 +43,14 @@ constexpr int kLanes = 16;
 }  // namespace cpu
 }  // namespace torchext
 
-// The loops, for baseline x86-64 and for AVX2 (picked at run time by isa() below). PyTorch
-// wheels are built for the baseline too, so without this the compiler may use SSE2 only: half the
-// width, and measured twice as slow (benchmarks/NOTES.md).
+// The loops, for baseline x86-64 and for AVX2 with F16C (picked at run time by isa() below;
+// TORCHEXT_AVX2 tells loops_impl.h which copy it compiles). PyTorch wheels are built for the
+// baseline too, so without this the compiler may use SSE2 only: half the width, and measured twice
+// as slow (benchmarks/NOTES.md).
 #define TORCHEXT_ISA base
-#define TORCHEXT_F16C 0
+#define TORCHEXT_AVX2 0
 #include "loops_impl.h"
-#undef TORCHEXT_F16C
+#undef TORCHEXT_AVX2
 #undef TORCHEXT_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -57,9 +58,9 @@ constexpr int kLanes = 16;
 #pragma GCC push_options
 #pragma GCC target("avx2,f16c")
 #define TORCHEXT_ISA avx2
-#define TORCHEXT_F16C 1
+#define TORCHEXT_AVX2 1
 #include "loops_impl.h"
-#undef TORCHEXT_F16C
+#undef TORCHEXT_AVX2
 #undef TORCHEXT_ISA
 #pragma GCC pop_options
 #else

@@ -12,8 +12,9 @@ namespace TORCHEXT_ISA {
 // The loops compute in op-math type: float and double in place; bfloat16 and half are widened to
 // float a block at a time, computed as float, and narrowed back. c10's per-element conversions
 // inside the math kept the compiler from vectorizing it: bfloat16 ran 2.5x and float16 25x slower
-// than float32 (benchmarks/NOTES.md §5). The block conversions here are plain bit operations the
-// compiler vectorizes (bfloat16) or F16C instructions (half, AVX2 build).
+// than float32 (benchmarks/NOTES.md §5). The block conversions here are bit operations (bfloat16:
+// widened by the compiler's vectorized code, narrowed with AVX2 intrinsics in the AVX2 build) or
+// F16C instructions (half, AVX2 build).
 
 constexpr int64_t kBlock = 256;  // a multiple of kLanes: block edges keep the reduction's order
 static_assert(kBlock % kLanes == 0 && kChunk % kBlock == 0);
@@ -31,20 +32,49 @@ inline void widen(const c10::BFloat16* src, float* __restrict__ dst, int64_t n) 
 }
 
 // Round to nearest even, as c10::BFloat16(float) does; a NaN keeps its sign and payload (made
-// quiet), so ReLU returns a NaN input's bits as they came.
-inline void narrow(const float* __restrict__ src, c10::BFloat16* dst, int64_t n) {
-  uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, src + i, sizeof u);
-    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t nan = (u >> 16) | 0x40u;
-    bits[i] = static_cast<uint16_t>(src[i] != src[i] ? nan : rounded);
-  }
+// quiet), where c10 returns its one canonical NaN.
+inline uint16_t bfloat16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan = (u >> 16) | 0x40u;
+  return static_cast<uint16_t>(f != f ? nan : rounded);
 }
 
-#if TORCHEXT_F16C
-// IEEE conversions in hardware, round to nearest even: the same values as c10's software
+#if TORCHEXT_AVX2
+// bfloat16_bits for 8 floats, in 32-bit lanes (each at most 0xFFFF).
+inline __m256i bfloat16_bits(__m256 f) {
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i high = _mm256_srli_epi32(u, 16);
+  const __m256i lsb = _mm256_and_si256(high, _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i nan = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(rounded, nan, is_nan);
+}
+#endif
+
+inline void narrow(const float* __restrict__ src, c10::BFloat16* dst, int64_t n) {
+  uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
+  int64_t i = 0;
+#if TORCHEXT_AVX2
+  // gcc vectorizes the scalar loop too, but packs the rounded values, the NaNs and the mask each
+  // to 16 bits before selecting: ~30 instructions per 16 elements against 20 here, and the
+  // narrowing cost more than cubic's math (benchmarks/NOTES.md §9).
+  for (; i + 16 <= n; i += 16) {
+    const __m256i lo = bfloat16_bits(_mm256_loadu_ps(src + i));
+    const __m256i hi = bfloat16_bits(_mm256_loadu_ps(src + i + 8));
+    // packus packs within 128-bit halves (lo0 hi0 lo1 hi1); the permute puts them in order.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + i), packed);
+  }
+#endif
+  for (; i < n; ++i) bits[i] = bfloat16_bits(src[i]);
+}
+
+#if TORCHEXT_AVX2
+// Half: IEEE conversions in hardware (F16C), round to nearest even: the same values as c10's software
 // conversions (NaN payloads are kept rather than made canonical).
 inline void widen(const c10::Half* src, float* __restrict__ dst, int64_t n) {
   int64_t i = 0;

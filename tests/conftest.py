@@ -76,14 +76,18 @@ def assert_close(actual, expected, dtype, scale=1.0):
     )
 
 
+def bits(t):
+    """The tensor's bits, as integers of its width (compared with torch.equal, NaNs included)."""
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.detach().contiguous().view(ints)
+
+
 def same_bits(a, b):
     """Bitwise equality of every non-NaN value (so the sign of zero too), and NaN in the same
     places. NaN payloads are not compared: torch's own bfloat16 relu and threshold_backward
     rewrite them in their vectorized paths (0x7FC0 in, 0xFFFF out), while torchext returns the NaN
     it got."""
-    view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    a, b = a.detach().contiguous(), b.detach().contiguous()
     nan = torch.isnan(a)
     if a.shape != b.shape or not torch.equal(nan, torch.isnan(b)):
         return False
-    return torch.equal(a[~nan].view(view), b[~nan].view(view))
+    return torch.equal(bits(a[~nan]), bits(b[~nan]))

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import same_bits
+from conftest import bits, same_bits
 
 import torchext
 from torchext.info import build_info
@@ -105,10 +105,6 @@ ISA_PROBE = textwrap.dedent(
 )
 
 
-def _bits(t):
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
 def test_baseline_and_avx2_loops_agree_bitwise(tmp_path):
     """The CPU loops are compiled for baseline x86-64 and for AVX2; both must give the same bits.
     NaN payloads too, where both builds follow one rule: not for float16 (the baseline narrows it
@@ -128,7 +124,7 @@ def test_baseline_and_avx2_loops_agree_bitwise(tmp_path):
     for a, b in zip(results["base"][1], results["auto"][1], strict=True):
         assert same_bits(a, b)
         if a.dim() and a.dtype != torch.float16:
-            assert torch.equal(_bits(a), _bits(b))
+            assert torch.equal(bits(a), bits(b))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

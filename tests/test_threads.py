@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import DTYPES, assert_close
+from conftest import DTYPES, assert_close, bits
 
 import torchext
 from torchext.reference import EAGER
@@ -47,16 +47,11 @@ def _run(op, x, cs, g):
     return [y.detach(), *grads]
 
 
-def _bits(t):
-    itype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
-    return t.contiguous().view(itype)
-
-
 def _assert_bitwise(results, expected, what):
     assert len(results) == len(expected)
     for i, (r, e) in enumerate(zip(results, expected, strict=True)):
         assert r.dtype == e.dtype and r.shape == e.shape, f"{what}: output {i}"
-        assert torch.equal(_bits(r), _bits(e)), f"{what}: output {i} differs bitwise"
+        assert torch.equal(bits(r), bits(e)), f"{what}: output {i} differs bitwise"
 
 
 @contextmanager

@@ -74,8 +74,8 @@ inline void narrow(const float* __restrict__ src, c10::BFloat16* dst, int64_t n)
 }
 
 #if TORCHEXT_AVX2
-// Half: IEEE conversions in hardware (F16C), round to nearest even: the same values as c10's software
-// conversions (NaN payloads are kept rather than made canonical).
+// Half: IEEE conversions in hardware (F16C), round to nearest even: the same values as c10's
+// software conversions (NaN payloads are kept rather than made canonical).
 inline void widen(const c10::Half* src, float* __restrict__ dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {

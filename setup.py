@@ -68,14 +68,18 @@ def extension():
     debug = os.environ.get("DEBUG", "0") == "1"
     cuda = want_cuda()
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/common.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/layout.cpp"]
     sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     archs = cuda_archs() if cuda else ""
     # -fopenmp at compile *and* link: at::parallel_for is inlined into this library and runs
     # serially without it. torch ships libgomp.so.1, the same soname, so one OpenMP runtime runs.
     # -ffp-contract=off: no fused multiply-adds, so the baseline and AVX2 loops (cpu/loops.h) give
     # the same bits and a CPU result does not depend on which x86-64 machine computed it.
-    cxx = opt + ["-fopenmp", "-ffp-contract=off", f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
+    # -fno-trapping-math: no FP exception flags are relied on, so the compiler may turn the
+    # selects of the compensated sums into blends and vectorize them (cpu/loops_impl.h); results
+    # are IEEE's all the same.
+    cxx = opt + ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
+                 f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
     kwargs = dict(
         name="torchext._C",
         extra_link_args=["-fopenmp"],

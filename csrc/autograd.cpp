@@ -1,20 +1,28 @@
-// The derivatives of every torchext operator, registered for the Autograd dispatch key as
-// PyTorch's own ops have theirs: `torch.ops.torchext.<op>` is differentiable by itself, from
-// Python or C++, with no Python on its autograd path. torchext.cubic & co. call the operators
-// directly for that reason: at the tutorial's 2000 elements a call is nearly all overhead, and a
-// Python autograd.Function costs ~20 µs more per forward+backward (benchmarks/NOTES.md §4).
+// The derivatives of every torchext operator, registered for the Autograd dispatch key by walking
+// the op table, as PyTorch's own ops have theirs: `torch.ops.torchext.<op>` is differentiable by
+// itself, from Python or C++, with no Python on its autograd path. torchext.cubic & co. call the
+// operators directly for that reason: at the tutorial's 2000 elements a call is nearly all
+// overhead, and a Python autograd.Function costs ~20 µs more per forward+backward
+// (benchmarks/NOTES.md §4).
 //
 // First order: an operator's backward is its fused `<op>_backward` operator. Second order: each
-// `<op>_backward` operator is differentiable too, with the formulas below written in plain ATen
-// ops (second order is rare and need not be fast). A backward calls the backward operator through
-// the dispatcher from the top, so that with create_graph=True it records its own graph; double
-// backward then works however the first order was reached (here or from the Python Functions).
+// `<op>_backward` operator is differentiable too, with the op's SecondOrder formula below written
+// in plain ATen ops (second order is rare and need not be fast). A backward calls the backward
+// operator through the dispatcher from the top, so that with create_graph=True it records its own
+// graph; double backward then works however the first order was reached (here or from the Python
+// Functions).
+#include <ATen/ExpandUtils.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <array>
+#include <string>
 #include <tuple>
+
+#include "ops.h"
 
 namespace torchext {
 namespace {
@@ -23,97 +31,38 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using Grads5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-using UnaryOp = Tensor(const Tensor&);
-using UnaryBackwardOp = Tensor(const Tensor&, const Tensor&);
-using CoefOp = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&);
-using CoefBackwardOp = Grads5(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                              const Tensor&, const Tensor&);
+// A coefficient's gradient from terms shaped like x: summed over the dims it broadcasts along.
+Tensor sum_to(const Tensor& t, const Tensor& like) { return at::sum_to(t, like.sizes()); }
 
-constexpr char kCubic[] = "torchext::cubic";
-constexpr char kCubicBackward[] = "torchext::cubic_backward";
-constexpr char kLegendreP3[] = "torchext::legendre_p3";
-constexpr char kLegendreP3Backward[] = "torchext::legendre_p3_backward";
-constexpr char kAffineLegendreP3[] = "torchext::affine_legendre_p3";
-constexpr char kAffineLegendreP3Backward[] = "torchext::affine_legendre_p3_backward";
-constexpr char kReLU[] = "torchext::relu";
-constexpr char kReLUBackward[] = "torchext::relu_backward";
+// ---- the operators, looked up once ------------------------------------------------------------
 
-// An operator of ops.cpp, looked up once.
-template <class Signature, const char* Name>
-const c10::TypedOperatorHandle<Signature>& op() {
-  static const auto handle =
-      c10::Dispatcher::singleton().findSchemaOrThrow(Name, "").template typed<Signature>();
-  return handle;
-}
-
-// In a forward: the backend kernel, below autograd (the Function records the graph).
-template <class Signature, const char* Name, class... Args>
-auto call_below_autograd(const Args&... args) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op<Signature, Name>().call(args...);
-}
-
-variable_list as_list(const Grads5& t) {
-  return {std::get<0>(t), std::get<1>(t), std::get<2>(t), std::get<3>(t), std::get<4>(t)};
-}
-
-Grads5 as_tuple(const variable_list& v) { return {v[0], v[1], v[2], v[3], v[4]}; }
-
-// The gradient of a one-element coefficient: t summed, in the coefficient's shape (the engine
-// casts it to the coefficient's dtype).
-Tensor sum_to(const Tensor& t, const Tensor& like) { return t.sum().reshape(like.sizes()); }
-
-// ---- first order ------------------------------------------------------------------------------
-
-// y = op(x, a, b, c, d). Saves the inputs; one backward call gives all five gradients.
-template <const char* Name, const char* Backward>
-struct CoefFunction : torch::autograd::Function<CoefFunction<Name, Backward>> {
-  static constexpr const char* kName = Name;
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& a, const Tensor& b,
-                        const Tensor& c, const Tensor& d) {
-    ctx->save_for_backward({x, a, b, c, d});
-    return call_below_autograd<CoefOp, Name>(x, a, b, c, d);
+template <class Op>
+struct Operators {
+  using S = Signature<Op>;
+  static const c10::TypedOperatorHandle<typename S::Forward>& forward() {
+    static const auto handle = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow(name().c_str(), "")
+                                   .template typed<typename S::Forward>();
+    return handle;
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    return as_list(op<CoefBackwardOp, Backward>().call(grads[0], s[0], s[1], s[2], s[3], s[4]));
+  static const c10::TypedOperatorHandle<typename S::Backward>& backward() {
+    static const auto handle = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow((name() + "_backward").c_str(), "")
+                                   .template typed<typename S::Backward>();
+    return handle;
   }
-};
-
-// y = op(x). The backward operator takes what the forward saved: x, or (ReLU) the result.
-template <const char* Name, const char* Backward, bool kSavesResult>
-struct UnaryFunction : torch::autograd::Function<UnaryFunction<Name, Backward, kSavesResult>> {
-  static constexpr const char* kName = Name;
-  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
-    Tensor y = call_below_autograd<UnaryOp, Name>(x);
-    ctx->save_for_backward({kSavesResult ? y : x});
-    return y;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {op<UnaryBackwardOp, Backward>().call(grads[0], ctx->get_saved_variables()[0])};
-  }
+  static std::string name() { return std::string("torchext::") + OpName<Op>::kName; }
 };
 
 // ---- second order: the backward operators' own backward -----------------------------------------
+// grad(s, gs): s are the backward operator's inputs (g, v, coefficients...), gs the incoming
+// gradients of its outputs (dx, dcoefficients...); returns the gradients of its inputs.
 
-// (dx, da, db, dc, dd) = op_backward(g, x, a, b, c, d); Formula::grad maps the saved inputs and
-// the five incoming gradients to the six gradients of (g, x, a, b, c, d).
-template <const char* Name, class Formula>
-struct CoefBackwardFunction : torch::autograd::Function<CoefBackwardFunction<Name, Formula>> {
-  static constexpr const char* kName = Name;
-  static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& x,
-                               const Tensor& a, const Tensor& b, const Tensor& c,
-                               const Tensor& d) {
-    ctx->save_for_backward({g, x, a, b, c, d});
-    return as_list(call_below_autograd<CoefBackwardOp, Name>(g, x, a, b, c, d));
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return Formula::grad(ctx->get_saved_variables(), grads);
-  }
-};
+template <class Op>
+struct SecondOrder;
 
-struct CubicSecondOrder {
+template <>
+struct SecondOrder<math::Cubic> {
   // The first order was dx = g·p'(x) with p'(x) = b + 2c·x + 3d·x², and
   // (da, db, dc, dd) = Σ g·(1, x, x², x³). Differentiate gdx·dx + gda·da + ... .
   static variable_list grad(const variable_list& s, const variable_list& gs) {
@@ -128,7 +77,8 @@ struct CubicSecondOrder {
   }
 };
 
-struct AffineLegendreP3SecondOrder {
+template <>
+struct SecondOrder<math::AffineLegendreP3> {
   // The first order: with u = c + d·x, P = P3(u), P' = P3'(u): dx, dc, dd = g·b·P'·(d, 1, x) and
   // da, db = Σg, Σg·P. With w = gdx·d + gdc + gdd·x the sum of all terms is
   // Σ g·b·P'·w + gda·Σg + gdb·Σg·P; differentiate it (P'' = 15u).
@@ -150,31 +100,96 @@ struct AffineLegendreP3SecondOrder {
   }
 };
 
-// dx = op_backward(g, v). Formula::grad maps (g, v, gdx) to the gradients of (g, v).
-template <const char* Name, class Formula>
-struct UnaryBackwardFunction : torch::autograd::Function<UnaryBackwardFunction<Name, Formula>> {
-  static constexpr const char* kName = Name;
-  static Tensor forward(AutogradContext* ctx, const Tensor& g, const Tensor& v) {
-    ctx->save_for_backward({g, v});
-    return call_below_autograd<UnaryBackwardOp, Name>(g, v);
+template <>
+struct SecondOrder<math::LegendreP3> {
+  // dx = g·P3'(x): d/dg = P3'(x)·gdx (the fused operator again), d/dx = g·P3''(x)·gdx = 15·g·x·gdx.
+  static variable_list grad(const variable_list& s, const variable_list& gs) {
+    const Tensor &g = s[0], &x = s[1], &gdx = gs[0];
+    return {Operators<math::LegendreP3>::backward().call(gdx, x), 15 * g * x * gdx};
+  }
+};
+
+template <>
+struct SecondOrder<math::ReLU> {
+  // dx = mask(y)·g is linear in g, and its derivative in y is zero almost everywhere.
+  static variable_list grad(const variable_list& s, const variable_list& gs) {
+    return {Operators<math::ReLU>::backward().call(gs[0], s[1]), Tensor()};
+  }
+};
+
+// In a forward: the backend kernel, below autograd (the Function records the graph).
+template <class Handle, class... Args>
+auto call_below_autograd(const Handle& handle, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return handle.call(args...);
+}
+
+// ---- first order ------------------------------------------------------------------------------
+
+// y = op(x, coefficients...). Saves what the backward reads: x (or y), and the coefficients whose
+// values it reads; of the others only their shape, dtype and device (modifying them in place
+// after the forward, or an inference-mode one, is then fine, as in eager).
+template <class Op>
+struct OpFunction : torch::autograd::Function<OpFunction<Op>> {
+  static constexpr int N = kNumCoefs<Op>;
+
+  template <class... C>
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const C&... coefs) {
+    Tensor y = call_below_autograd(Operators<Op>::forward(), x, coefs...);
+    variable_list saved{kSavesResult<Op> ? y : x};
+    const std::array<const Tensor*, sizeof...(C)> all{&coefs...};
+    int i = 0;
+    for (const Tensor* c : all) {
+      if (kBackwardReads<Op> >> i & 1u) {
+        saved.push_back(*c);
+      } else {
+        const std::string key = std::to_string(i);
+        ctx->saved_data["sizes" + key] = c->sizes();
+        ctx->saved_data["dtype" + key] = c->scalar_type();
+        ctx->saved_data["device" + key] = c->device();
+      }
+      ++i;
+    }
+    ctx->save_for_backward(saved);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list s = ctx->get_saved_variables();
+    std::array<Tensor, N> coefs;
+    size_t next = 1;
+    for (int i = 0; i < N; ++i) {
+      if (kBackwardReads<Op> >> i & 1u) {
+        coefs[i] = s[next++];
+      } else {  // its gradient's shape and dtype; the kernel never reads its values
+        const std::string key = std::to_string(i);
+        coefs[i] = at::empty({}, at::TensorOptions()
+                                     .dtype(ctx->saved_data["dtype" + key].toScalarType())
+                                     .device(ctx->saved_data["device" + key].toDevice()))
+                       .expand(ctx->saved_data["sizes" + key].toIntVector());
+      }
+    }
+    auto out = std::apply(
+        [&](const auto&... c) {
+          return Signature<Op>::unpack(Operators<Op>::backward().call(grads[0], s[0], c...));
+        },
+        coefs);
+    return variable_list(out.begin(), out.end());
+  }
+};
+
+// (dx, dcoefficients...) = op_backward(g, v, coefficients...), differentiable by SecondOrder<Op>.
+template <class Op>
+struct BackwardFunction : torch::autograd::Function<BackwardFunction<Op>> {
+  template <class... C>
+  static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& v,
+                               const C&... coefs) {
+    ctx->save_for_backward({g, v, coefs...});
+    auto out = Signature<Op>::unpack(call_below_autograd(Operators<Op>::backward(), g, v, coefs...));
+    return variable_list(out.begin(), out.end());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    return Formula::grad(s[0], s[1], grads[0]);
-  }
-};
-
-struct LegendreP3SecondOrder {
-  // dx = g·P3'(x): d/dg = P3'(x)·gdx (the fused operator again), d/dx = g·P3''(x)·gdx = 15·g·x·gdx.
-  static variable_list grad(const Tensor& g, const Tensor& x, const Tensor& gdx) {
-    return {op<UnaryBackwardOp, kLegendreP3Backward>().call(gdx, x), 15 * g * x * gdx};
-  }
-};
-
-struct ReLUSecondOrder {
-  // dx = mask(y)·g is linear in g, and its derivative in y is zero almost everywhere.
-  static variable_list grad(const Tensor&, const Tensor& y, const Tensor& gdx) {
-    return {op<UnaryBackwardOp, kReLUBackward>().call(gdx, y), Tensor()};
+    return SecondOrder<Op>::grad(ctx->get_saved_variables(), grads);
   }
 };
 
@@ -186,60 +201,66 @@ bool has_tangent(const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0
 // input carries a forward-mode tangent (a Function rejects those: we have no jvp formulas). Then
 // the kernels below call the backend directly: building a Function's node only to drop it costs
 // several µs, paid on every backward (which runs with autograd off) and in inference.
-template <class... Args>
-bool records_nothing(const Args&... inputs) {
-  const bool recording = at::GradMode::is_enabled() && (inputs.requires_grad() || ...);
-  return !recording && !(has_tangent(inputs) || ...);
+// (Also when an input is not a dense tensor: the backend kernels then refuse it, naming the op
+// and the argument, where a Function would fail on it first with a message of its own.)
+template <size_t N>
+bool records_nothing(std::initializer_list<const Tensor*> first, const std::array<Tensor, N>& coefs) {
+  bool recording = false, tangent = false, dense = true;
+  auto look = [&](const Tensor& t) {
+    recording |= t.requires_grad();
+    tangent |= has_tangent(t);
+    dense &= !t.defined() || (t.layout() == at::kStrided && !t.is_nested() && !t.is_quantized());
+  };
+  for (const Tensor* t : first) look(*t);
+  for (const Tensor& t : coefs) look(t);
+  return !dense || (!(recording && at::GradMode::is_enabled()) && !tangent);
 }
 
-template <class F>
-Tensor coef_kernel(const Tensor& x, const Tensor& a, const Tensor& b, const Tensor& c,
-                   const Tensor& d) {
-  if (records_nothing(x, a, b, c, d)) {
-    return call_below_autograd<CoefOp, F::kName>(x, a, b, c, d);
+template <class Op>
+struct AutogradKernels {
+  static constexpr int N = kNumCoefs<Op>;
+  using Coefs = std::array<Tensor, N>;
+
+  static Tensor forward(const Tensor& x, const Coefs& coefs) {
+    return std::apply(
+        [&](const auto&... c) {
+          if (records_nothing({&x}, coefs)) {
+            return call_below_autograd(Operators<Op>::forward(), x, c...);
+          }
+          return OpFunction<Op>::apply(x, c...);
+        },
+        coefs);
   }
-  return F::apply(x, a, b, c, d);
-}
 
-template <class F>
-Grads5 coef_backward_kernel(const Tensor& g, const Tensor& x, const Tensor& a, const Tensor& b,
-                            const Tensor& c, const Tensor& d) {
-  if (records_nothing(g, x, a, b, c, d)) {
-    return call_below_autograd<CoefBackwardOp, F::kName>(g, x, a, b, c, d);
+  static std::array<Tensor, N + 1> backward(const Tensor& g, const Tensor& v, const Coefs& coefs) {
+    return std::apply(
+        [&](const auto&... c) {
+          if (records_nothing({&g, &v}, coefs)) {
+            return Signature<Op>::unpack(call_below_autograd(Operators<Op>::backward(), g, v, c...));
+          }
+          const variable_list out = BackwardFunction<Op>::apply(g, v, c...);
+          std::array<Tensor, N + 1> result;
+          std::copy(out.begin(), out.end(), result.begin());
+          return result;
+        },
+        coefs);
   }
-  return as_tuple(F::apply(g, x, a, b, c, d));
-}
+};
 
-template <class F>
-Tensor unary_kernel(const Tensor& x) {
-  if (records_nothing(x)) return call_below_autograd<UnaryOp, F::kName>(x);
-  return F::apply(x);
-}
-
-template <class F>
-Tensor unary_backward_kernel(const Tensor& g, const Tensor& v) {
-  if (records_nothing(g, v)) return call_below_autograd<UnaryBackwardOp, F::kName>(g, v);
-  return F::apply(g, v);
+template <class Op>
+void register_derivatives(torch::Library& m) {
+  using S = Signature<Op>;
+  m.impl(OpName<Op>::kName, &S::template forward<AutogradKernels<Op>>);
+  m.impl((std::string(OpName<Op>::kName) + "_backward").c_str(),
+         &S::template backward<AutogradKernels<Op>>);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchext, Autograd, m) {
-  m.impl("cubic", &coef_kernel<CoefFunction<kCubic, kCubicBackward>>);
-  m.impl("cubic_backward",
-         &coef_backward_kernel<CoefBackwardFunction<kCubicBackward, CubicSecondOrder>>);
-  m.impl("affine_legendre_p3",
-         &coef_kernel<CoefFunction<kAffineLegendreP3, kAffineLegendreP3Backward>>);
-  m.impl("affine_legendre_p3_backward",
-         &coef_backward_kernel<
-             CoefBackwardFunction<kAffineLegendreP3Backward, AffineLegendreP3SecondOrder>>);
-  m.impl("legendre_p3",
-         &unary_kernel<UnaryFunction<kLegendreP3, kLegendreP3Backward, /*kSavesResult=*/false>>);
-  m.impl("legendre_p3_backward",
-         &unary_backward_kernel<UnaryBackwardFunction<kLegendreP3Backward, LegendreP3SecondOrder>>);
-  m.impl("relu", &unary_kernel<UnaryFunction<kReLU, kReLUBackward, /*kSavesResult=*/true>>);
-  m.impl("relu_backward",
-         &unary_backward_kernel<UnaryBackwardFunction<kReLUBackward, ReLUSecondOrder>>);
+#define TORCHEXT_REGISTER(name, Op) register_derivatives<math::Op>(m);
+  TORCHEXT_OPS(TORCHEXT_REGISTER)
+#undef TORCHEXT_REGISTER
 }
 
 }  // namespace torchext

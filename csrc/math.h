@@ -1,17 +1,22 @@
 // The math of every torchext op, written once and compiled for both the CPU and the CUDA kernels
-// (as torchvision's csrc/ops do). Each op is a small functor:
-//   forward(x)               -> y
-//   backward(g, x, t[4])     -> dx, and t = this element's terms of the four coefficient gradients
-// A functor instantiated for a 16-bit type converts to the op-math type (float) inside (the CUDA
-// kernels do that); the CPU loops instead instantiate it for float and convert whole blocks, which
-// vectorizes (cpu/loops_impl.h).
+// (as torchvision's csrc/ops do). An op is a struct of static functions, templated on the type T
+// it computes in (the op-math type: float for the 16-bit types; or the stored type for the ops
+// that declare kOnStoredType):
+//
+//   kCoefs                   its coefficients' names, in the operator's argument order
+//   forward(x, k)            -> y, with k[i] the value of coefficient i at x's element
+//   backward(g, v, k, t)     -> dx, and t[i] = this element's term of coefficient i's gradient
+//                               (the loops sum the terms); v is x, or the result (kSavesResult)
+//
+// Each op has its row in ops.h (the table every registration follows) and, for second order,
+// a formula in autograd.cpp.
 #pragma once
 
-#include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <array>
 #include <cstdint>
 
 namespace torchext {
@@ -43,21 +48,113 @@ C10_HOST_DEVICE inline T p3_dx(T x) {
   return T(1.5) * (T(5) * x * x - T(1));
 }
 
-// ---- coefficients ---------------------------------------------------------------------------
-// A coefficient is a one-element tensor of any floating dtype. Kernels read it where it lives (on
-// the GPU inside the kernel: no host-device sync, CUDA-graph safe) and write its gradient in its
-// own dtype. The dtype travels as a small code.
+// ---- the ops --------------------------------------------------------------------------------
+// Optional members (defaults in ops.h): kSavesResult (the backward reads the result, not x),
+// kOnStoredType (exact on the stored type: no op-math round trip), kIntegral (integer x too),
+// kBackwardReads (a bit per coefficient whose value the backward reads; autograd saves only
+// those).
+
+struct Cubic {
+  static constexpr std::array<const char*, 4> kCoefs = {"a", "b", "c", "d"};
+  static constexpr unsigned kBackwardReads = 0b1110;  // not a
+
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, const T* k) {
+    return cubic(x, k[0], k[1], k[2], k[3]);
+  }
+  // dx = g·(b + 2c·x + 3d·x²); da, db, dc, dd = Σg, Σg·x, Σg·x², Σg·x³
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, const T* k, T* t) {
+    t[0] = g;
+    t[1] = g * x;
+    t[2] = t[1] * x;
+    t[3] = t[2] * x;
+    return g * cubic_dx(x, k[1], k[2], k[3]);
+  }
+};
+
+struct LegendreP3 {
+  static constexpr std::array<const char*, 0> kCoefs = {};
+
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, const T*) {
+    return p3(x);
+  }
+  // dx = g·1.5(5x² − 1)
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, const T*, T*) {
+    return g * p3_dx(x);
+  }
+};
+
+// a + b·P3(u), u = c + d·x.
+struct AffineLegendreP3 {
+  static constexpr std::array<const char*, 4> kCoefs = {"a", "b", "c", "d"};
+  static constexpr unsigned kBackwardReads = 0b1110;  // not a (c is in u)
+
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, const T* k) {
+    return k[0] + k[1] * p3(k[2] + k[3] * x);
+  }
+  // dx = g·b·P3'(u)·d; da = Σg, db = Σg·P3(u), dc = Σg·b·P3'(u), dd = Σg·b·P3'(u)·x
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, const T* k, T* t) {
+    const T u = k[2] + k[3] * x;
+    const T gbp = g * k[1] * p3_dx(u);
+    t[0] = g;
+    t[1] = g * p3(u);
+    t[2] = gbp;
+    t[3] = gbp * x;
+    return gbp * k[3];
+  }
+};
+
+// ReLU, bit for bit as torch.relu: x itself unless x < 0, which keeps NaN and −0.0 as they are.
+struct ReLU {
+  static constexpr std::array<const char*, 0> kCoefs = {};
+  static constexpr bool kSavesResult = true;
+  // Exact on the stored type (it only compares and selects): no conversion round trip, so NaN
+  // payloads survive; integer tensors work as in torch.relu.
+  static constexpr bool kOnStoredType = true;
+  static constexpr bool kIntegral = true;
+
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, const T*) {
+    return x < T(0) ? T(0) : x;
+  }
+  // From the saved output, as torch's threshold_backward: 0 where y <= 0 (x == ±0 included),
+  // g where y > 0 or y is NaN.
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T y, const T*, T*) {
+    return y <= T(0) ? T(0) : g;
+  }
+};
+
+// 16-bit ReLU on the bits: c10's comparisons convert through float (in software for half on a
+// CPU without F16C, and they keep the compiler from vectorizing), while on the bits the loops
+// run on the stored type and return x's own bits, NaN payloads included, as torch.relu does.
+// x < 0 when its sign is set and it is neither ±0 nor NaN (magnitude above the infinity's bits).
+C10_HOST_DEVICE inline bool negative_bits(uint16_t bits, uint16_t inf_bits) {
+  const uint16_t magnitude = bits & 0x7FFF;
+  return (bits & 0x8000) != 0 && magnitude != 0 && magnitude <= inf_bits;
+}
+
+#define TORCHEXT_RELU_BITS(T, INF)                                                        \
+  template <>                                                                             \
+  C10_HOST_DEVICE inline T ReLU::forward<T>(T x, const T*) {                              \
+    return negative_bits(x.x, INF) ? T(0, T::from_bits()) : x;                            \
+  }                                                                                       \
+  template <>                                                                             \
+  C10_HOST_DEVICE inline T ReLU::backward<T>(T g, T y, const T*, T*) {                    \
+    return (y.x & 0x7FFF) == 0 || negative_bits(y.x, INF) ? T(0, T::from_bits()) : g;     \
+  }
+TORCHEXT_RELU_BITS(c10::Half, 0x7C00)
+TORCHEXT_RELU_BITS(c10::BFloat16, 0x7F80)
+#undef TORCHEXT_RELU_BITS
+
+// ---- coefficient values as the kernels read them ----------------------------------------------
+// A coefficient tensor may have any floating dtype; its dtype travels as a small code.
 enum class Dtype : int8_t { Half, BFloat16, Float, Double };
-
-struct Coefs {
-  const void* ptr[4];
-  Dtype dtype[4];
-};
-
-struct CoefGrads {
-  void* ptr[4];
-  Dtype dtype[4];
-};
 
 template <typename T>
 C10_HOST_DEVICE inline T load(const void* p, Dtype t) {
@@ -80,91 +177,9 @@ C10_HOST_DEVICE inline void store(void* p, Dtype t, T v) {
   }
 }
 
-// ---- the ops as functors --------------------------------------------------------------------
-// Functors with coefficients derive from WithCoefs: built on the host from Coefs, they call load()
-// once where they run (once per CPU call, once per CUDA thread) before the element loop.
-
-// The four coefficients a, b, c, d of an op, in op-math type once load() has run.
-template <typename scalar_t>
-struct WithCoefs {
-  using acc_t = at::opmath_type<scalar_t>;
-  Coefs coefs;
-  acc_t a, b, c, d;
-
-  C10_HOST_DEVICE void load() {
-    a = math::load<acc_t>(coefs.ptr[0], coefs.dtype[0]);
-    b = math::load<acc_t>(coefs.ptr[1], coefs.dtype[1]);
-    c = math::load<acc_t>(coefs.ptr[2], coefs.dtype[2]);
-    d = math::load<acc_t>(coefs.ptr[3], coefs.dtype[3]);
-  }
-};
-
-template <typename scalar_t>
-struct CubicOp : WithCoefs<scalar_t> {
-  using typename WithCoefs<scalar_t>::acc_t;
-  using WithCoefs<scalar_t>::a, WithCoefs<scalar_t>::b, WithCoefs<scalar_t>::c, WithCoefs<scalar_t>::d;
-
-  C10_HOST_DEVICE scalar_t forward(scalar_t x) const {
-    return static_cast<scalar_t>(cubic(acc_t(x), a, b, c, d));
-  }
-  // da, db, dc, dd = Σg, Σg·x, Σg·x², Σg·x³
-  C10_HOST_DEVICE scalar_t backward(scalar_t g_, scalar_t x_, acc_t t[4]) const {
-    const acc_t g = g_, x = x_;
-    t[0] = g;
-    t[1] = g * x;
-    t[2] = t[1] * x;
-    t[3] = t[2] * x;
-    return static_cast<scalar_t>(g * cubic_dx(x, b, c, d));
-  }
-};
-
-template <typename scalar_t>
-struct LegendreP3Op {
-  using acc_t = at::opmath_type<scalar_t>;
-  C10_HOST_DEVICE void load() {}
-  C10_HOST_DEVICE scalar_t forward(scalar_t x) const { return static_cast<scalar_t>(p3(acc_t(x))); }
-  C10_HOST_DEVICE scalar_t backward(scalar_t g, scalar_t x) const {
-    return static_cast<scalar_t>(acc_t(g) * p3_dx(acc_t(x)));
-  }
-};
-
-// a + b·P3(u), u = c + d·x.
-template <typename scalar_t>
-struct AffineLegendreP3Op : WithCoefs<scalar_t> {
-  using typename WithCoefs<scalar_t>::acc_t;
-  using WithCoefs<scalar_t>::a, WithCoefs<scalar_t>::b, WithCoefs<scalar_t>::c, WithCoefs<scalar_t>::d;
-
-  C10_HOST_DEVICE scalar_t forward(scalar_t x) const {
-    return static_cast<scalar_t>(a + b * p3(c + d * acc_t(x)));
-  }
-  // dx = g·b·P3'(u)·d; da = Σg, db = Σg·P3(u), dc = Σg·b·P3'(u), dd = Σg·b·P3'(u)·x
-  C10_HOST_DEVICE scalar_t backward(scalar_t g_, scalar_t x_, acc_t t[4]) const {
-    const acc_t g = g_, x = x_;
-    const acc_t u = c + d * x;
-    const acc_t gbp = g * b * p3_dx(u);
-    t[0] = g;
-    t[1] = g * p3(u);
-    t[2] = gbp;
-    t[3] = gbp * x;
-    return static_cast<scalar_t>(gbp * d);
-  }
-};
-
-// ReLU, bit for bit as torch.relu: works on the stored type (no round trip through op-math, so
-// NaN payloads survive) and returns x itself unless x < 0, which keeps NaN and −0.0 as they are.
-template <typename scalar_t>
-struct ReLUOp {
-  // Exact on the stored type (it only compares and selects): the CPU loops run it there rather
-  // than in op-math, which would add a conversion round trip (cpu/loops.h).
-  static constexpr bool kOnStoredType = true;
-  C10_HOST_DEVICE void load() {}
-  C10_HOST_DEVICE scalar_t forward(scalar_t x) const { return x < scalar_t(0) ? scalar_t(0) : x; }
-  // From the saved output, as torch's threshold_backward: 0 where y <= 0 (x == ±0 included),
-  // g where y > 0 or y is NaN.
-  C10_HOST_DEVICE scalar_t backward(scalar_t g, scalar_t y) const {
-    return y <= scalar_t(0) ? scalar_t(0) : g;
-  }
-};
+C10_HOST_DEVICE inline int64_t dtype_size(Dtype t) {
+  return t == Dtype::Float ? 4 : t == Dtype::Double ? 8 : 2;
+}
 
 }  // namespace math
 }  // namespace torchext

@@ -1,6 +1,7 @@
-// Every torchext operator's schema, defined once. Each backend registers its kernels in
-// cpu/<op>.cpp and cuda/<op>.cu, the derivatives are registered in autograd.cpp, and the fake
-// (meta) kernels are in torchext/functional.py. Importing torchext._C runs the registrations below.
+// Every torchext operator's schema, defined once from the op table (ops.h): <name> and
+// <name>_backward. The backends register their kernels in cpu/kernels.cpp and cuda/kernels.cu,
+// the derivatives are registered in autograd.cpp, and the fake (meta) kernels are in
+// torchext/functional.py. Importing torchext._C runs the registrations below.
 #include <ATen/Parallel.h>
 #include <Python.h>
 #include <torch/library.h>
@@ -9,6 +10,8 @@
 #include <string>
 
 #include "cpu/isa.h"
+#include "layout.h"
+#include "ops.h"
 
 #ifndef TORCHEXT_CUDA_ARCHS
 #define TORCHEXT_CUDA_ARCHS ""
@@ -52,19 +55,46 @@ int64_t parallel_threads() {
 
 }  // namespace
 
+// Tensors that are not dense (sparse, quantized, strided nested) dispatch to keys of their own: a
+// kernel there runs the real kernels' checks, which name the op and the argument that is wrong.
+template <class Op>
+struct Refuse {
+  static constexpr int N = kNumCoefs<Op>;
+  static at::Tensor forward(const at::Tensor& x, const std::array<at::Tensor, N>& coefs) {
+    prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
+                    kIntegral<Op>);
+    TORCH_CHECK(false, OpName<Op>::kQualified, ": unsupported tensor type");
+  }
+  static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
+                                                const std::array<at::Tensor, N>& coefs) {
+    prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
+                     {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
+    TORCH_CHECK(false, OpName<Op>::kQualified, ": unsupported tensor type");
+  }
+};
+
+constexpr c10::DispatchKey kNotDense[] = {
+    c10::DispatchKey::SparseCPU,       c10::DispatchKey::SparseCUDA,
+    c10::DispatchKey::SparseCsrCPU,    c10::DispatchKey::SparseCsrCUDA,
+    c10::DispatchKey::QuantizedCPU,    c10::DispatchKey::QuantizedCUDA,
+    c10::DispatchKey::NestedTensorCPU, c10::DispatchKey::NestedTensorCUDA};
+
+template <class Op>
+void define_op(torch::Library& m) {
+  using S = Signature<Op>;
+  const std::string name = OpName<Op>::kName, backward = name + "_backward";
+  m.def(forward_schema<Op>(name).c_str());
+  m.def(backward_schema<Op>(name).c_str());
+  for (const auto key : kNotDense) {
+    m.impl(name.c_str(), torch::dispatch(key, &S::template forward<Refuse<Op>>));
+    m.impl(backward.c_str(), torch::dispatch(key, &S::template backward<Refuse<Op>>));
+  }
+}
+
 TORCH_LIBRARY(torchext, m) {
-  m.def("cubic(Tensor x, Tensor a, Tensor b, Tensor c, Tensor d) -> Tensor");
-  m.def(
-      "cubic_backward(Tensor grad, Tensor x, Tensor a, Tensor b, Tensor c, Tensor d)"
-      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("legendre_p3(Tensor x) -> Tensor");
-  m.def("legendre_p3_backward(Tensor grad, Tensor x) -> Tensor");
-  m.def("affine_legendre_p3(Tensor x, Tensor a, Tensor b, Tensor c, Tensor d) -> Tensor");
-  m.def(
-      "affine_legendre_p3_backward(Tensor grad, Tensor x, Tensor a, Tensor b, Tensor c, Tensor d)"
-      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("relu(Tensor x) -> Tensor");
-  m.def("relu_backward(Tensor grad, Tensor result) -> Tensor");
+#define TORCHEXT_DEFINE(name, Op) define_op<math::Op>(m);
+  TORCHEXT_OPS(TORCHEXT_DEFINE)
+#undef TORCHEXT_DEFINE
   m.def("_build_info() -> str", &build_info);
   m.def("_parallel_threads() -> int", &parallel_threads);
 }

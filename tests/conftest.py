@@ -7,7 +7,12 @@ with the reason where not.
 import pytest
 import torch
 
-import torchext  # noqa: F401  (registers torch.ops.torchext)
+import torchext
+from torchext.functional import OPS as _TABLE
+
+# The op table: every parametrization over ops reads it (a new op gets every shared check).
+OPS = list(_TABLE.values())
+COEF_OPS = [op for op in OPS if op.coefs]
 
 
 def _cuda_skip_reason():
@@ -44,6 +49,30 @@ def device(request):
     return request.param
 
 
+@pytest.fixture(params=OPS, ids=lambda op: op.name)
+def op(request):
+    return request.param
+
+
+@pytest.fixture(params=COEF_OPS, ids=lambda op: op.name)
+def coef_op(request):
+    return request.param
+
+
+def function(op):
+    """torchext.<name>: the operator, differentiated in C++."""
+    return getattr(torchext, op.name)
+
+
+def function_class(op):
+    """torchext.<cls>Function: the Python autograd.Function over the same operators."""
+    return getattr(torchext, f"{op.cls}Function")
+
+
+def operator(op, backward=False):
+    return getattr(torch.ops.torchext, op.name + ("_backward" if backward else "")).default
+
+
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def dtype(request):
     return request.param
@@ -56,14 +85,16 @@ def randn(*shape, dtype=torch.float32, device="cpu", requires_grad=False, seed=N
     return t.requires_grad_(requires_grad)
 
 
-def coefs(dtype=torch.float32, device="cpu", shape=(), requires_grad=True, seed=0):
-    """Four random one-element coefficients a, b, c, d."""
+def coefs(op, dtype=torch.float32, device="cpu", shape=(), requires_grad=True, seed=0):
+    """Random coefficients for op: one per name in op.coefs. shape: one shape for all, or a list
+    of shapes taken in turn."""
     gen = torch.Generator().manual_seed(seed)
+    shapes = shape if isinstance(shape, list) else [shape]
     return [
-        torch.randn(shape, dtype=torch.float64, generator=gen)
+        torch.randn(shapes[i % len(shapes)], dtype=torch.float64, generator=gen)
         .to(dtype=dtype, device=device)
         .requires_grad_(requires_grad)
-        for _ in range(4)
+        for i in range(len(op.coefs))
     ]
 
 

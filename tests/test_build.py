@@ -13,11 +13,8 @@ from conftest import bits, same_bits
 import torchext
 from torchext.info import build_info
 
-OPERATORS = [
-    f"{op}{suffix}"
-    for op in ("cubic", "legendre_p3", "affine_legendre_p3", "relu")
-    for suffix in ("", "_backward")
-]
+OPERATORS = [f"{op.name}{suffix}" for op in torchext.functional.OPS.values()
+             for suffix in ("", "_backward")]
 
 
 def test_openmp_compiled_in():
@@ -92,14 +89,18 @@ ISA_PROBE = textwrap.dedent(
         # The edge values at both ends: in the vector loops and in their scalar tails.
         edge = specials(dtype)
         x = torch.cat([edge, torch.randn(70_001, dtype=torch.float64).to(dtype), edge])
-        x.requires_grad_()
-        cs = [torch.randn((), requires_grad=True) for _ in range(4)]
-        g = torch.randn(x.numel(), dtype=torch.float64).to(dtype)
-        for op in ("cubic", "affine_legendre_p3", "legendre_p3", "relu"):
-            args = cs if op in ("cubic", "affine_legendre_p3") else []
-            y = getattr(torchext, op)(x, *args)
-            out += [y, *torch.autograd.grad(y, [x, *args], g)]
-    torch.save([t.detach() for t in out], sys.argv[1])
+        # One-element coefficients (long runs), and per channel: columns and runs of slots.
+        cases = [(x, ()), (x[:70000].reshape(-1, 700), (700,)),
+                 (x[:70000].reshape(10, 7000), (10, 1))]
+        for x, coef_shape in cases:
+            x = x.detach().requires_grad_()
+            g = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+            for op in torchext.functional.OPS.values():
+                cs = [torch.randn(coef_shape, requires_grad=True) for _ in op.coefs]
+                y = getattr(torchext, op.name)(x, *cs)
+                dx, *dcs = torch.autograd.grad(y, [x, *cs], g)
+                out += [("y", y), ("dx", dx)] + [("coefficient", d) for d in dcs]
+    torch.save([(kind, t.detach()) for kind, t in out], sys.argv[1])
     print(torch.ops.torchext._build_info())
     """
 )
@@ -121,9 +122,9 @@ def test_baseline_and_avx2_loops_agree_bitwise(tmp_path):
     assert "cpu_isa=base" in results["base"][0]
     if "cpu_isa=avx2" not in results["auto"][0]:
         pytest.skip("this CPU has no AVX2: only the baseline loops run here")
-    for a, b in zip(results["base"][1], results["auto"][1], strict=True):
+    for (kind, a), (_, b) in zip(results["base"][1], results["auto"][1], strict=True):
         assert same_bits(a, b)
-        if a.dim() and a.dtype != torch.float16:
+        if kind != "coefficient" and a.dtype != torch.float16:
             assert torch.equal(bits(a), bits(b))
 
 

@@ -81,7 +81,7 @@ def test_compile_trains_tutorial_models_like_eager():
 class EveryOp(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.cubic = torchext.nn.Cubic(0.5, -1.0, 0.25, 0.125)
+        self.cubic = torchext.nn.Cubic(a=0.5, b=-1.0, c=0.25, d=0.125)
         self.affine = torchext.nn.AffineLegendreP3()
         self.p3 = torchext.nn.LegendreP3()
         self.relu = torchext.nn.ReLU()

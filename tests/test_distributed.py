@@ -27,7 +27,7 @@ class Model(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.cubic = torchext.nn.Cubic(0.1, 0.2, 0.0, -0.05, dtype=torch.float64)
+        self.cubic = torchext.nn.Cubic(a=0.1, b=0.2, c=0.0, d=-0.05, dtype=torch.float64)
         self.affine = torchext.nn.AffineLegendreP3(dtype=torch.float64)
         self.p3 = torchext.nn.LegendreP3()
         self.relu = torchext.nn.ReLU()

@@ -29,9 +29,14 @@ def _rss_mb():
 
 
 def _step(x, cs):
-    """Every op, forward and backward, coefficient gradients included."""
-    y = torchext.relu(torchext.cubic(x, *cs)) + torchext.affine_legendre_p3(x, *cs)
-    y = y + torchext.legendre_p3(x) + torchext.cubic(x, 1.0, -0.5, 0.25, 0.125)
+    """Every op, forward and backward, coefficient gradients included: with tensor coefficients
+    (one-element, and per channel) and with Python numbers."""
+    y = 0
+    for op in torchext.functional.OPS.values():
+        f, n = getattr(torchext, op.name), len(op.coefs)
+        y = y + f(x, *cs[:n]) + f(x, *[0.5] * n)
+        if n:
+            y = y + f(x.view(-1, 16), *[c.expand(16) for c in cs[:n]]).view(-1)
     y.sum().backward()
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import randn
+from conftest import COEF_OPS, OPS, randn
 
 import torchext
 from torchext import reference
@@ -27,7 +27,7 @@ def test_cubic_loads_a_polynomial3_state_dict():
 
 
 def test_cubic_given_values_and_repr():
-    m = torchext.nn.Cubic(1, 2, 3, 4.5)
+    m = torchext.nn.Cubic(a=1, b=2, c=3, d=4.5)
     assert [p.item() for p in m.parameters()] == [1, 2, 3, 4.5]
     assert "y = 1 + 2 x + 3 x^2 + 4.5 x^3" in repr(m)
     assert m.string() == "y = 1 + 2 x + 3 x^2 + 4.5 x^3"
@@ -72,3 +72,51 @@ def test_modules_train_in_a_sequential():
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_module_per_op():
+    assert torchext.nn.__all__ == [op.cls for op in OPS]
+    for op in OPS:
+        m = getattr(torchext.nn, op.cls)()
+        assert [n for n, _ in m.named_parameters()] == list(op.coefs)
+        assert all(p.dim() == 0 for p in m.parameters())
+
+
+@pytest.mark.parametrize("op", COEF_OPS, ids=lambda op: op.name)
+@pytest.mark.parametrize("shape, dim, view", [
+    ((2, 8, 5, 3), 1, (8, 1, 1)),   # channels first
+    ((2, 5, 8), -1, (8,)),           # channels last, counted from the end
+    ((2, 5, 8), 2, (8,)),
+    ((4, 8), 1, (8,)),
+], ids=["NCHW dim=1", "BLC dim=-1", "BLC dim=2", "NC dim=1"])
+def test_per_channel_module(op, shape, dim, view):
+    """num_parameters=C: (C,) parameters applied along dim, as nn.PReLU; the same values and
+    gradients as the eager expression with the parameters viewed against x."""
+    torch.manual_seed(0)
+    m = getattr(torchext.nn, op.cls)(num_parameters=8, dim=dim)
+    assert all(p.shape == (8,) for p in m.parameters())
+    assert "num_parameters=8" in repr(m) and f"dim={dim}" in repr(m)
+    x = randn(*shape, requires_grad=True)
+    y = m(x)
+    params = list(m.parameters())
+    ref_params = [p.detach().clone().requires_grad_() for p in params]
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = reference.EAGER[op.name](x_ref, *[p.view(view) for p in ref_params])
+    torch.testing.assert_close(y, y_ref)
+    g = randn(*shape, seed=4)
+    got = torch.autograd.grad(y, [x, *params], g)
+    want = torch.autograd.grad(y_ref, [x_ref, *ref_params], g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_per_channel_module_initial_values_and_state_dict():
+    m = torchext.nn.AffineLegendreP3(num_parameters=3)
+    assert [p.tolist() for p in m.parameters()] == [[0.0] * 3, [-1.0] * 3, [0.0] * 3,
+                                                    pytest.approx([0.3] * 3)]
+    m2 = torchext.nn.Cubic(num_parameters=3, a=torch.tensor([1.0, 2.0, 3.0]), b=0.5)
+    assert m2.a.tolist() == [1.0, 2.0, 3.0] and m2.b.tolist() == [0.5] * 3
+    m3 = torchext.nn.Cubic(num_parameters=3)
+    m3.load_state_dict(m2.state_dict())
+    x = randn(2, 3, 4)
+    torch.testing.assert_close(m3(x), m2(x))

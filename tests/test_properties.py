@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import torchext
+from torchext.functional import OPS
 from torchext.reference import EAGER
 
 # ---- hypothesis profiles -------------------------------------------------------------------------
@@ -187,10 +188,10 @@ def tensors(draw, dtype, shape, specials=True):
 
 
 @st.composite
-def coefficient(draw, x_dtype):
-    """A coefficient as users pass it: a Python float, or a 0-dim or (1,) tensor of a random
-    floating dtype (requiring grad or not)."""
-    kind = draw(st.sampled_from(["float", "0-dim", "(1,)"]))
+def coefficient(draw, x_dtype, x_dim):
+    """A coefficient as users pass it: a Python float, or a 0-dim or (1,) tensor (for an x of at
+    least one dim) of a random floating dtype (requiring grad or not)."""
+    kind = draw(st.sampled_from(["float", "0-dim", "(1,)"] if x_dim else ["float", "0-dim"]))
     dtype = x_dtype if kind == "float" else draw(st.sampled_from(DTYPES))
     v = draw(st.one_of(st.floats(-4, 4), st.floats(-4, 4), values(dtype)))
     if kind == "float":
@@ -211,8 +212,8 @@ def cases(draw, op):
     leaf, view_fn, desc = draw(tensors(dtype, shape))
     leaf.requires_grad_()
     x = view_fn(leaf)
-    with_coefs = op in ("cubic", "affine_legendre_p3")
-    cs = [draw(coefficient(dtype)) for _ in range(4)] if with_coefs else []
+    with_coefs = bool(OPS[op].coefs)
+    cs = [draw(coefficient(dtype, len(shape))) for _ in range(4)] if with_coefs else []
     g_leaf, g_view, _ = draw(tensors(dtype, shape, specials=draw(st.booleans())))
     g = g_view(g_leaf).contiguous()
     return x, cs, g, f"{op} {dtype} {desc} coefs={[_desc(c) for c in cs]}"

@@ -1,17 +1,13 @@
-"""torchext.relu: the shared checks (tests/_checks.py), bitwise equality with torch.relu, the
-in-place form, and how it differs from the tutorial's MyReLU at zero."""
+"""torchext.relu beyond the shared checks (tests/test_ops.py): bitwise equality with torch.relu
+(floating and integer dtypes, NaN bits), the in-place form, and how it differs from the tutorial's
+MyReLU at zero."""
 
 import pytest
 import torch
-from _checks import OpChecks
-from conftest import DTYPES, randn, same_bits
+from conftest import DTYPES, bits, randn, same_bits
 
 import torchext
 from torchext import reference
-
-
-class TestRelu(OpChecks):
-    op = "relu"
 
 
 def special_values(dtype, device):
@@ -34,6 +30,30 @@ def test_bitwise_equal_to_torch_relu(device, dtype):
     (gx,) = torch.autograd.grad(y, x, g)
     (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g)
     assert same_bits(gx, gx_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_keeps_every_nan_bit_pattern(device, dtype):
+    """Every 16-bit pattern: non-NaNs exactly as torch.relu; a NaN comes back with its own bits
+    (torch's vectorized relu rewrites some NaN payloads), on every ISA path of the CPU loops."""
+    x = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(dtype).to(device)
+    y = torchext.relu(x)
+    nan = torch.isnan(x)
+    assert torch.equal(bits(y[nan]), bits(x[nan]))
+    assert torch.equal(bits(y[~nan]), bits(torch.relu(x[~nan])))
+
+
+INTEGERS = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+
+@pytest.mark.parametrize("dtype", INTEGERS, ids=str)
+def test_integer_dtypes_as_torch_relu(device, dtype):
+    info = torch.iinfo(dtype)
+    x = torch.tensor([info.min, -1, 0, 1, info.max], dtype=dtype)
+    x = torch.cat([x, torch.randint(info.min, info.max, (1000,), dtype=dtype)]).to(device)
+    assert torch.equal(torchext.relu(x), torch.relu(x))
+    assert torchext.relu(x).dtype == dtype
+    assert torch.equal(torchext.relu(x.view(-1, 5).t()), torch.relu(x.view(-1, 5).t()))
 
 
 def test_gradient_at_zero_differs_from_tutorial_myrelu(device):

@@ -18,26 +18,30 @@ import torch
 from conftest import DTYPES, assert_close, bits
 
 import torchext
+from torchext.functional import OPS as TABLE
 from torchext.reference import EAGER
 
-N = 2**17 + 2**14 + 3  # several reduction chunks, a partial last one, a vector tail
-OPS = ["cubic", "legendre_p3", "affine_legendre_p3", "relu"]
-COEF_OPS = {"cubic", "affine_legendre_p3"}
+N = 2**17 + 2**14 + 3  # several reduction tiles, a partial last one, a vector tail
+OPS = list(TABLE)
+COEF_OPS = [name for name, op in TABLE.items() if op.coefs]
+# How x is shaped and the coefficients vary: one element; per channel along rows of 1000
+# (column tiles); per row-block of 2^14 (run tiles).
+LAYOUTS = {"one-element": ((N,), ()), "per channel": ((151, 1000), (1000,)),
+           "per block": ((9, 1 << 14), (9, 1))}
 
 
-def _inputs(op, dtype, seed, n=N):
+def _inputs(op, dtype, seed, n=N, layout="one-element"):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    g = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
-    cs = []
-    if op in COEF_OPS:
-        # Coefficients of mixed dtypes and shapes, as users may pass them.
-        cs = [
-            torch.randn((), generator=gen, dtype=torch.float64).to(d).requires_grad_()
-            for d in (torch.float32, dtype, torch.float64, dtype)
-        ]
-        cs[1] = cs[1].detach().reshape(1).requires_grad_()
-    return x, cs, g
+    shape, coef_shape = LAYOUTS[layout] if layout != "one-element" else ((n,), ())
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    # Coefficients of mixed dtypes and shapes, as users may pass them.
+    dtypes = (torch.float32, dtype, torch.float64, dtype)
+    cs = [torch.randn(coef_shape, generator=gen, dtype=torch.float64).to(dtypes[i % 4])
+          for i in range(len(TABLE[op].coefs))]
+    if len(cs) > 1 and layout == "one-element":
+        cs[1] = cs[1].reshape(1)
+    return x, [c.requires_grad_() for c in cs], g
 
 
 def _run(op, x, cs, g):
@@ -111,7 +115,7 @@ def test_many_python_threads_at_once():
 
     # And the sequential results are right (against eager in float64).
     for (op, dtype, (x, cs, _)), res in zip(jobs, expected, strict=True):
-        ref = EAGER[op](x.detach().double(), *[c.detach().double().reshape(()) for c in cs])
+        ref = EAGER[op](x.detach().double(), *[c.detach().double() for c in cs])
         assert_close(res[0], ref, dtype)
 
 
@@ -139,22 +143,29 @@ def test_threads_sharing_inputs():
 # ---- determinism ---------------------------------------------------------------------------------
 
 
+def _cases():
+    """(op, layout): every op with one-element coefficients, the ops with coefficients per
+    channel and per block too."""
+    return [(op, "one-element") for op in OPS] + [
+        (op, layout) for op in COEF_OPS for layout in LAYOUTS if layout != "one-element"]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("op", OPS)
-def test_bitwise_identical_across_runs(op, dtype):
-    x, cs, g = _inputs(op, dtype, seed=1)
+@pytest.mark.parametrize("op, layout", _cases())
+def test_bitwise_identical_across_runs(op, layout, dtype):
+    x, cs, g = _inputs(op, dtype, seed=1, layout=layout)
     first = _run(op, x, cs, g)
     for run in range(4):
         _assert_bitwise(_run(op, x, cs, g), first, f"run {run + 2}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("op", OPS)
-def test_bitwise_identical_across_thread_counts(op, dtype):
+@pytest.mark.parametrize("op, layout", _cases())
+def test_bitwise_identical_across_thread_counts(op, layout, dtype):
     """1, 2 and 4 intra-op threads (4 > the cores here: more tasks than cores) give bitwise the
     same values and gradients; the thread count is restored afterwards."""
     before = torch.get_num_threads()
-    x, cs, g = _inputs(op, dtype, seed=2)
+    x, cs, g = _inputs(op, dtype, seed=2, layout=layout)
     with num_threads(1):
         expected = _run(op, x, cs, g)
     for n in (2, 4):

@@ -23,29 +23,8 @@ except ImportError as e:
     ) from e
 
 from . import functional, nn, reference
-from .functional import (
-    AffineLegendreP3Function,
-    CubicFunction,
-    LegendreP3Function,
-    ReLUFunction,
-    affine_legendre_p3,
-    cubic,
-    legendre_p3,
-    relu,
-)
+from .functional import *  # noqa: F403  (the op table's functions and autograd.Function classes)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AffineLegendreP3Function",
-    "CubicFunction",
-    "LegendreP3Function",
-    "ReLUFunction",
-    "affine_legendre_p3",
-    "cubic",
-    "functional",
-    "legendre_p3",
-    "nn",
-    "reference",
-    "relu",
-]
+__all__ = [*functional.__all__, "functional", "nn", "reference"]

@@ -1,7 +1,8 @@
-"""The differentiable torchext ops: the functions ``torchext.cubic`` & co., the
-``torch.autograd.Function`` subclasses with the same arguments, and the fake kernels that tell
-``torch.compile`` and meta tensors what the operators in ``torch.ops.torchext`` (csrc/ops.cpp)
-return.
+"""The differentiable torchext ops, made from one table (``OPS``): for each row the function
+(``torchext.cubic``), the ``torch.autograd.Function`` subclass with the same arguments
+(``torchext.CubicFunction``) and the fake kernels that tell ``torch.compile`` and meta tensors what
+the operators in ``torch.ops.torchext`` (csrc/ops.cpp, from the C++ table csrc/ops.h) return.
+``torchext.nn`` makes its modules from the same table.
 
 Two ways to the same kernels and the same gradients:
 
@@ -17,44 +18,64 @@ Two ways to the same kernels and the same gradients:
 
 The wrappers are on the hot path: they do nothing but check that x is a tensor, convert
 Python-number coefficients and call the operator. Every other check lives in the C++ kernels
-(csrc/common.cpp) and, for fake tensors, in ``_check_fake`` below.
+(csrc/layout.cpp) and, for fake tensors, in ``_check_fake`` below.
 """
 
+import dataclasses
 import numbers
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "AffineLegendreP3Function",
-    "CubicFunction",
-    "LegendreP3Function",
-    "ReLUFunction",
-    "affine_legendre_p3",
-    "cubic",
-    "legendre_p3",
-    "relu",
-]
-
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-# The operators, as their OpOverloads: calling one skips the overload resolution of
-# torch.ops.torchext.<op>(...), a few µs a call.
-_cubic = torch.ops.torchext.cubic.default
-_cubic_backward = torch.ops.torchext.cubic_backward.default
-_legendre_p3 = torch.ops.torchext.legendre_p3.default
-_legendre_p3_backward = torch.ops.torchext.legendre_p3_backward.default
-_affine_legendre_p3 = torch.ops.torchext.affine_legendre_p3.default
-_affine_legendre_p3_backward = torch.ops.torchext.affine_legendre_p3_backward.default
-_relu = torch.ops.torchext.relu.default
-_relu_backward = torch.ops.torchext.relu_backward.default
+@dataclasses.dataclass(frozen=True)
+class OpDef:
+    """One row of the op table: everything the Python layer makes of an op follows from it."""
+
+    name: str  # torchext.<name>, torch.ops.torchext.<name>, reference.EAGER[<name>]
+    cls: str  # the class names: torchext.<cls>Function, torchext.nn.<cls>
+    formula: str  # what it computes, in Python notation (docstrings, module reprs)
+    derivative: str  # its gradients, for the docstrings
+    coefs: tuple[str, ...] = ()  # its coefficients, in the operators' order
+    saves: str = "x"  # what the backward operator reads besides grad: "x", or "result"
+    init: tuple | None = None  # the module's initial coefficients (None: randn, as the tutorial)
+    inplace: bool = False  # has an in-place form: <name>(x, inplace=True)
+    integral: bool = False  # takes integer tensors too (values only: they have no gradient)
 
 
-def _check_x(op: str, x) -> None:
-    """The one check made in Python: the C++ operators cannot name a non-tensor argument."""
+OPS = {
+    op.name: op
+    for op in (
+        OpDef("cubic", "Cubic", "a + b*x + c*x**2 + d*x**3",
+              "dx = g*(b + 2*c*x + 3*d*x**2); da, db, dc, dd = Σg, Σg*x, Σg*x**2, Σg*x**3",
+              coefs=("a", "b", "c", "d")),
+        OpDef("legendre_p3", "LegendreP3", "0.5*(5*x**3 - 3*x)", "dx = g*1.5*(5*x**2 - 1)"),
+        OpDef("affine_legendre_p3", "AffineLegendreP3", "a + b*P3(c + d*x)",
+              "with u = c + d*x: dx = g*b*P3'(u)*d; da = Σg, db = Σg*P3(u), dc = Σg*b*P3'(u), "
+              "dd = Σg*b*P3'(u)*x", coefs=("a", "b", "c", "d"), init=(0.0, -1.0, 0.0, 0.3)),
+        OpDef("relu", "ReLU", "torch.relu(x)",
+              "dx = g where the result is > 0 or NaN, else 0 (0 at x == 0, as torch.relu)",
+              saves="result", inplace=True, integral=True),
+    )
+}
+
+
+def _operator(op: OpDef, backward: bool = False):
+    """The operator as its OpOverload: calling one skips the overload resolution of
+    torch.ops.torchext.<op>(...), a few µs a call."""
+    return getattr(torch.ops.torchext, op.name + ("_backward" if backward else "")).default
+
+
+def _check_x(name: str, x) -> None:
+    """The one check made in Python: the C++ operators cannot name a non-tensor argument, nor a
+    jagged nested tensor (a Python subclass that never reaches them)."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"torchext.{op}: 'x' must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"torchext.{name}: 'x' must be a torch.Tensor, got {type(x).__name__}")
+    if x.layout is not torch.strided:
+        raise TypeError(f"torchext.{name}: 'x' must be a dense (strided) tensor, got {x.layout}")
 
 
 # ---- coefficients -------------------------------------------------------------------------------
@@ -68,228 +89,272 @@ def _coef(op: str, name: str, value, x):
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"torchext.{op}: coefficient '{name}' must be a real number or a one-element floating "
-            f"tensor, got {type(value).__name__}"
+            f"torchext.{op}: coefficient '{name}' must be a real number or a floating tensor, "
+            f"got {type(value).__name__}"
         )
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     try:
         return torch.full((), value, dtype=dtype, device=x.device)
-    except RuntimeError:  # beyond float32's range: inf, as in the eager expression `value * x`
-        return torch.full((), value, dtype=torch.float64, device=x.device).to(dtype)
+    except (RuntimeError, TypeError):  # beyond float32's range: inf, as the eager `value * x`
+        return torch.full((), float(value), dtype=torch.float64, device=x.device).to(dtype)
 
 
-def _coefs(op: str, x, a, b, c, d):
-    _check_x(op, x)
-    return _coef(op, "a", a, x), _coef(op, "b", b, x), _coef(op, "c", c, x), _coef(op, "d", d, x)
+def _coefs(op: OpDef, x, values):
+    _check_x(op.name, x)
+    return [_coef(op.name, n, v, x) for n, v in zip(op.coefs, values, strict=True)]
 
 
-def _needed(ctx, grads):
-    """None for the inputs that need no gradient (Python numbers among them)."""
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=True))
+# ---- the functions ------------------------------------------------------------------------------
+
+_FUNCTION_DOC = """``{formula}`` with one fused kernel forward and one fused backward pass
+({derivative}); differentiable in x{and_coefs}, twice and more.
+
+``x``: a {dtypes} tensor of any shape and strides.{coef_doc} Returns a tensor shaped and typed
+like ``x``, laid out as torch's elementwise ops lay out theirs (x's strides when x is dense).{extra}
+"""
+
+_COEF_DOC = """ ``{names}``: numbers, or floating tensors on
+x's device (or 0-dim CPU tensors) whose shapes broadcast to x's without enlarging it: one element,
+per channel (``(C,)`` on ``[..., C]``, ``(C, 1, 1)`` on ``[N, C, H, W]``), per group (``(G, 1)``
+on ``[..., G, C/G]``), each its own; each tensor's gradient has its shape and dtype."""
 
 
-# ---- cubic: a + b·x + c·x² + d·x³ ----------------------------------------------------------------
+def _doc(op: OpDef) -> str:
+    extra = ""
+    if op.inplace:
+        extra = ("\n\n``inplace=True`` writes the result into x, as ``torch.relu_`` does, and "
+                 "returns x.")
+    if op.name == "relu":
+        extra += ("\n\nBit for bit ``torch.relu``: NaN stays NaN, ``-0.0`` stays ``-0.0``. The "
+                  "tutorial's ``MyReLU`` differs at exactly ``x == 0``: it passes the gradient "
+                  "there (1), where torch.relu and this op give 0. It saves the result, not x.")
+    return _FUNCTION_DOC.format(
+        formula=op.formula, derivative=op.derivative,
+        and_coefs=" and in each tensor coefficient" if op.coefs else "",
+        dtypes="floating" + (" or integer" if op.integral else ""),
+        coef_doc=_COEF_DOC.format(names=", ".join(op.coefs)) if op.coefs else "", extra=extra,
+    )
 
 
-def cubic(x: Tensor, a, b, c, d) -> Tensor:
-    """``a + b*x + c*x**2 + d*x**3`` with one fused kernel forward and one fused backward pass
-    (``dx = g*(b + 2c*x + 3d*x**2)`` and ``da, db, dc, dd = Σg, Σg*x, Σg*x², Σg*x³``);
-    differentiable in x and in each tensor coefficient, twice and more.
-
-    ``x``: a floating tensor of any shape and strides; ``a, b, c, d``: numbers or one-element
-    floating tensors on x's device. Returns a contiguous tensor shaped and typed like ``x``."""
-    return _cubic(x, *_coefs("cubic", x, a, b, c, d))
-
-
-class CubicFunction(torch.autograd.Function):
-    """:func:`cubic` as an ``autograd.Function``: ``CubicFunction.apply(x, a, b, c, d)``."""
-
-    @staticmethod
-    def forward(ctx, x, a, b, c, d):
-        coefs = _coefs("cubic", x, a, b, c, d)
-        ctx.save_for_backward(x, *coefs)
-        return _cubic(x, *coefs)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _needed(ctx, _cubic_backward(grad, *ctx.saved_tensors))
+def _make_function(op: OpDef):
+    """``torchext.<name>(x, <coefs>)``. Its source is generated (as dataclasses generate
+    ``__init__``) so that it has the op's real signature, keyword arguments included, and costs no
+    more than a hand-written one."""
+    params = ", ".join(("x", *op.coefs, *(["inplace=False"] if op.inplace else [])))
+    coefs = f"*_coefs(_op, x, ({', '.join(op.coefs)},))" if op.coefs else None
+    body = f"_check_x({op.name!r}, x)\n    return _operator(x)"
+    if coefs:
+        body = f"return _operator(x, {coefs})"
+    if op.inplace:
+        body = f"if inplace:\n        return _Inplace.apply(x)\n    {body}"
+    namespace = {"_op": op, "_operator": _operator(op), "_coefs": _coefs, "_check_x": _check_x}
+    if op.inplace:
+        namespace["_Inplace"] = _make_inplace_function(op)
+    exec(f"def {op.name}({params}):\n    {body}\n", namespace)  # noqa: S102
+    fn = namespace[op.name]
+    fn.__module__, fn.__qualname__, fn.__doc__ = __name__, op.name, _doc(op)
+    return fn
 
 
-# ---- Legendre P3(x) = ½(5x³ − 3x) ---------------------------------------------------------------
+# ---- the autograd.Function subclasses -----------------------------------------------------------
 
 
-def legendre_p3(x: Tensor) -> Tensor:
-    """The Legendre polynomial ``P3(x) = 0.5*(5*x**3 - 3*x)``, one fused kernel each way
-    (``dx = g*1.5*(5x² - 1)``)."""
-    _check_x("legendre_p3", x)
-    return _legendre_p3(x)
+def _make_function_class(op: OpDef):
+    """``<cls>Function``: the op as an ``autograd.Function`` over the same operators."""
+    forward_op, backward_op = _operator(op), _operator(op, backward=True)
+    saves_result = op.saves == "result"
 
-
-class LegendreP3Function(torch.autograd.Function):
-    """:func:`legendre_p3` as an ``autograd.Function``: the fused twin of the tutorial's
-    ``LegendrePolynomial3`` (``LegendreP3Function.apply(x)``)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        _check_x("legendre_p3", x)
-        ctx.save_for_backward(x)
-        return _legendre_p3(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return _legendre_p3_backward(grad, x)
-
-
-# ---- affine P3: a + b·P3(c + d·x) ---------------------------------------------------------------
-
-
-def affine_legendre_p3(x: Tensor, a, b, c, d) -> Tensor:
-    """``a + b * P3(c + d*x)`` (the tutorial's whole model) in one forward kernel and one backward
-    pass. With ``u = c + d*x``: ``dx = g*b*P3'(u)*d``, ``da = Σg``, ``db = Σg*P3(u)``,
-    ``dc = Σg*b*P3'(u)``, ``dd = Σg*b*P3'(u)*x``. Arguments as for :func:`cubic`."""
-    return _affine_legendre_p3(x, *_coefs("affine_legendre_p3", x, a, b, c, d))
-
-
-class AffineLegendreP3Function(torch.autograd.Function):
-    """:func:`affine_legendre_p3` as an ``autograd.Function``."""
-
-    @staticmethod
-    def forward(ctx, x, a, b, c, d):
-        coefs = _coefs("affine_legendre_p3", x, a, b, c, d)
-        ctx.save_for_backward(x, *coefs)
-        return _affine_legendre_p3(x, *coefs)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _needed(ctx, _affine_legendre_p3_backward(grad, *ctx.saved_tensors))
-
-
-# ---- ReLU ----------------------------------------------------------------------------------------
-
-
-def relu(x: Tensor, inplace: bool = False) -> Tensor:
-    """``torch.relu(x)`` (or ``torch.relu_(x)`` with ``inplace=True``), bit for bit, values and
-    gradients: ``x < 0 ? 0 : x`` (NaN stays NaN, ``-0.0`` stays ``-0.0``); the gradient is 0 where
-    the result is ``<= 0`` (so 0 at ``x == 0``) and passes through where it is positive or NaN.
-    It saves the result, not x.
-
-    The tutorial's ``MyReLU`` differs at exactly ``x == 0``: it zeroes the gradient only where
-    ``x < 0``, so at 0 it passes the gradient (1) where torch.relu and this op give 0."""
-    if inplace:
-        return _ReLUInplaceFunction.apply(x)
-    _check_x("relu", x)
-    return _relu(x)
-
-
-class ReLUFunction(torch.autograd.Function):
-    """:func:`relu` as an ``autograd.Function`` (``ReLUFunction.apply(x)``)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        _check_x("relu", x)
-        y = _relu(x)
-        ctx.save_for_backward(y)
+    def forward(ctx, x, *coefs):
+        coefs = _coefs(op, x, coefs) if op.coefs else (_check_x(op.name, x) or ())
+        y = forward_op(x, *coefs)
+        ctx.save_for_backward(y if saves_result else x, *coefs)
         return y
 
-    @staticmethod
     def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return _relu_backward(grad, y)
+        grads = backward_op(grad, *ctx.saved_tensors)
+        if not op.coefs:
+            return grads
+        # None for the inputs that need no gradient (Python numbers among them).
+        return tuple(g if need else None
+                     for g, need in zip(grads, ctx.needs_input_grad, strict=True))
+
+    name = f"{op.cls}Function"
+    doc = (f":func:`{op.name}` as an ``autograd.Function``: "
+           f"``{name}.apply({', '.join(('x', *op.coefs))})``.")
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward),
+        "__doc__": doc, "__module__": __name__, "__qualname__": name,
+    })
 
 
-class _ReLUInplaceFunction(torch.autograd.Function):
-    """relu_(x): the result written back into x (which autograd then knows has changed)."""
+def _make_inplace_function(op: OpDef):
+    """<name>_(x): the result written back into x (which autograd then knows has changed)."""
+    forward_op, backward_op = _operator(op), _operator(op, backward=True)
 
-    @staticmethod
     def forward(ctx, x):
-        _check_x("relu", x)
-        x.copy_(_relu(x))
+        _check_x(op.name, x)
+        x.copy_(forward_op(x))
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
 
-    backward = staticmethod(ReLUFunction.backward)
+    def backward(ctx, grad):
+        return backward_op(grad, *ctx.saved_tensors)
+
+    name = f"_{op.cls}InplaceFunction"
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward),
+        "__module__": __name__, "__qualname__": name,
+    })
 
 
 # ---- fake kernels: what each operator returns, for torch.compile, export and meta tensors --------
+# They follow csrc/layout.cpp: the same checks, the same exception types and words, the same
+# result layout (torch.library.opcheck compares them with the real kernels).
 
 
-def _check_fake(op: str, x: Tensor, *coefs: Tensor) -> None:
-    """The checks of csrc/common.cpp, for tensors that have no data."""
-    if x.dtype not in _FLOATS:
-        raise TypeError(
-            f"torchext.{op}: 'x' must be a float16, bfloat16, float32 or float64 tensor, "
-            f"got {x.dtype}"
-        )
-    for name, c in zip("abcd", coefs, strict=False):  # no coefs for the unary ops
-        if c.dtype not in _FLOATS:
-            raise TypeError(f"torchext.{op}: coefficient '{name}' must be a floating tensor, "
-                            f"got {c.dtype}")
-        if c.numel() != 1 or c.dim() > 1:
-            raise ValueError(f"torchext.{op}: coefficient '{name}' must be a number or a "
-                             f"one-element tensor of shape () or (1,), got shape {tuple(c.shape)}")
-        if c.device != x.device:
-            raise RuntimeError(f"torchext.{op}: coefficient '{name}' is on {c.device} but x is on "
-                               f"{x.device}; coefficients must be on x's device")
+def _check_fake_x(op: OpDef, name: str, x: Tensor) -> None:
+    ok = x.dtype in _FLOATS or (op.integral and x.dtype in _INTEGERS)
+    if not ok:
+        kinds = "float16, bfloat16, float32 or float64" + (" or integer" if op.integral else "")
+        raise TypeError(f"torchext.{op.name}: '{name}' must be a {kinds} tensor, got {x.dtype}")
 
 
-def _check_fake_grad(op: str, grad: Tensor, x: Tensor) -> None:
-    """check_like of csrc/common.cpp: the same exception types and words."""
-    if grad.dtype not in _FLOATS:
-        raise TypeError(f"torchext.{op}: 'grad' must be a float16, bfloat16, float32 or float64 "
-                        f"tensor, got {grad.dtype}")
-    if grad.shape != x.shape:
-        raise ValueError(f"torchext.{op}: 'grad' has shape {list(grad.shape)} but x has shape "
-                         f"{list(x.shape)}")
-    if grad.dtype != x.dtype:
-        raise TypeError(f"torchext.{op}: 'grad' has dtype {grad.dtype} but x has dtype {x.dtype}")
-    if grad.device != x.device:
-        raise RuntimeError(f"torchext.{op}: 'grad' is on {grad.device} but x is on {x.device}")
+def _check_fake_coef(op: OpDef, name: str, c: Tensor, x: Tensor) -> None:
+    if c.dtype not in _FLOATS:
+        raise TypeError(f"torchext.{op.name}: coefficient '{name}' must be a number or a "
+                        f"float16, bfloat16, float32 or float64 tensor, got {c.dtype}")
+    host_scalar = c.dim() == 0 and c.device.type == "cpu" and x.device.type != "cpu"
+    if c.device != x.device and not host_scalar:
+        raise RuntimeError(f"torchext.{op.name}: coefficient '{name}' is on {c.device} but x is "
+                           f"on {x.device}; a coefficient must be on x's device (or be a 0-dim "
+                           f"CPU tensor)")
+    fits = c.dim() <= x.dim() and all(
+        s == 1 or s == xs for s, xs in zip(c.shape, x.shape[x.dim() - c.dim():], strict=True))
+    if not fits:
+        raise ValueError(f"torchext.{op.name}: coefficient '{name}' of shape {list(c.shape)} does "
+                         f"not broadcast to x's shape {list(x.shape)} without enlarging it")
 
 
-def _dense_like(x: Tensor) -> Tensor:
-    return x.new_empty(x.shape)
+def _check_fake_grad(op: OpDef, grad: Tensor, v: Tensor) -> None:
+    _check_fake_x(dataclasses.replace(op, integral=False), "grad", grad)
+    if grad.shape != v.shape:
+        raise ValueError(f"torchext.{op.name}: 'grad' has shape {list(grad.shape)} but x has "
+                         f"shape {list(v.shape)}")
+    if grad.dtype != v.dtype:
+        raise TypeError(f"torchext.{op.name}: 'grad' has dtype {grad.dtype} but x has dtype "
+                        f"{v.dtype}")
+    if grad.device != v.device:
+        raise RuntimeError(f"torchext.{op.name}: 'grad' is on {grad.device} but x is on "
+                           f"{v.device}")
 
 
-def _coef_grads_like(*coefs: Tensor):
-    return tuple(torch.empty_like(c, memory_format=torch.contiguous_format) for c in coefs)
+def _stride_order(x: Tensor) -> list[int]:
+    """x's dims, outermost first, as TensorIterator orders them (csrc/layout.cpp stride_order)."""
+    perm = list(reversed(range(x.dim())))  # innermost first while sorting
+
+    def should_swap(d0, d1):
+        s0, s1 = x.stride(d0), x.stride(d1)
+        if s0 == 0 or s1 == 0:
+            return 0
+        if s0 != s1:
+            return -1 if s0 < s1 else 1
+        return 1 if x.size(d0) > x.size(d1) else 0
+
+    for i in range(1, x.dim()):
+        d1 = i
+        for d0 in range(i - 1, -1, -1):
+            cmp = should_swap(perm[d0], perm[d1])
+            if cmp > 0:
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+                d1 = d0
+            elif cmp < 0:
+                break
+    return perm[::-1]
 
 
-def _register_fakes() -> None:
-    def unary(op):
-        def fake(x):
-            _check_fake(op, x)
-            return _dense_like(x)
-
-        torch.library.register_fake(f"torchext::{op}")(fake)
-
-    def unary_backward(op):
-        def fake(grad, v):
-            _check_fake(op, v)
-            _check_fake_grad(op, grad, v)
-            return _dense_like(v)
-
-        torch.library.register_fake(f"torchext::{op}_backward")(fake)
-
-    def with_coefs(op):
-        def fake(x, a, b, c, d):
-            _check_fake(op, x, a, b, c, d)
-            return _dense_like(x)
-
-        def fake_backward(grad, x, a, b, c, d):
-            _check_fake(op, x, a, b, c, d)
-            _check_fake_grad(op, grad, x)
-            return (_dense_like(x), *_coef_grads_like(a, b, c, d))
-
-        torch.library.register_fake(f"torchext::{op}")(fake)
-        torch.library.register_fake(f"torchext::{op}_backward")(fake_backward)
-
-    for op in ("legendre_p3", "relu"):
-        unary(op)
-        unary_backward(op)
-    for op in ("cubic", "affine_legendre_p3"):
-        with_coefs(op)
+def _non_overlapping_and_dense(x: Tensor) -> bool:
+    """Whether x's elements fill a block of memory without gaps or overlaps (in some order)."""
+    dims = sorted((d for d in range(x.dim()) if x.size(d) != 1), key=x.stride)
+    expected = 1
+    for d in dims:
+        if x.stride(d) != expected:
+            return False
+        expected *= x.size(d)
+    return True
 
 
-_register_fakes()
+def _empty_like_elementwise(x: Tensor, dtype=None) -> Tensor:
+    """A result laid out as torch's elementwise ops lay it out (csrc/layout.cpp)."""
+    dtype = dtype or x.dtype
+    if x.is_contiguous():
+        return x.new_empty(x.shape, dtype=dtype)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty(x.shape, dtype=dtype, device=x.device,
+                           memory_format=torch.channels_last)
+    if _non_overlapping_and_dense(x):
+        return x.new_empty_strided(x.shape, x.stride(), dtype=dtype)
+    strides = [0] * x.dim()
+    step = 1
+    for d in reversed(_stride_order(x)):
+        strides[d] = step
+        step *= x.size(d)
+    return x.new_empty_strided(x.shape, strides, dtype=dtype)
+
+
+def _block(x: Tensor, coefs) -> tuple[int, int]:
+    """The dims [lo, hi) of x the coefficients vary along (csrc/layout.cpp block_of)."""
+    lo, hi = x.dim(), 0
+    for c in coefs:
+        off = x.dim() - c.dim()
+        for d in range(c.dim()):
+            if c.size(d) != 1:
+                lo, hi = min(lo, d + off), max(hi, d + off + 1)
+    return (lo, hi) if hi > 0 else (0, 0)
+
+
+def _result(x: Tensor, coefs) -> Tensor:
+    """The result of an op on x: laid out like x, unless that splits the coefficients' block, which
+    the kernels need together and in order in memory; then row-major."""
+    out = _empty_like_elementwise(x)
+    lo, hi = _block(x, coefs)
+    if hi > lo:
+        order = sorted((d for d in range(x.dim()) if x.size(d) != 1), key=lambda d: -out.stride(d))
+        inside = [k for k, d in enumerate(order) if lo <= d < hi]
+        together = inside == list(range(inside[0], inside[0] + len(inside))) if inside else True
+        if not together or [order[k] for k in inside] != sorted(order[k] for k in inside):
+            out = x.new_empty(x.shape)
+    return out
+
+
+def _register_fakes(op: OpDef) -> None:
+    def fake(x, *coefs):
+        _check_fake_x(op, "x", x)
+        for name, c in zip(op.coefs, coefs, strict=True):
+            _check_fake_coef(op, name, c, x)
+        return _result(x, coefs)
+
+    def fake_backward(grad, v, *coefs):
+        _check_fake_x(dataclasses.replace(op, integral=False), op.saves, v)
+        _check_fake_grad(op, grad, v)
+        for name, c in zip(op.coefs, coefs, strict=True):
+            _check_fake_coef(op, name, c, v)
+        dx = _result(v, coefs)
+        if not op.coefs:
+            return dx
+        return (dx, *(torch.empty(c.shape, dtype=c.dtype, device=v.device) for c in coefs))
+
+    torch.library.register_fake(f"torchext::{op.name}")(fake)
+    torch.library.register_fake(f"torchext::{op.name}_backward")(fake_backward)
+
+
+# ---- the table's functions and classes, as this module's names -----------------------------------
+
+__all__ = []
+for _op in OPS.values():
+    globals()[_op.name] = _make_function(_op)
+    globals()[f"{_op.cls}Function"] = _make_function_class(_op)
+    _register_fakes(_op)
+    __all__ += [_op.name, f"{_op.cls}Function"]
+__all__.sort()
+del _op

@@ -1,12 +1,13 @@
-// The CPU loops every op shares: an elementwise map, a two-input map, and the fused one-pass
-// "map and reduce four sums" of the backward of the ops with coefficients. The op's math comes in
-// as a functor from math.h.
+// The CPU kernels of every op: prepare the call (layout.h), build the coefficient table, and walk
+// the tiles in parallel (loops_impl.h); the backward then adds each slot's partial sums in a fixed
+// order. The op's math comes in as its struct from math.h.
 //
-// Parallelism: at::parallel_for (OpenMP; setup.py compiles and links with -fopenmp, without which
-// parallel_for silently runs serially). Determinism: the reduction splits x into fixed chunks of
-// kChunk elements whatever the thread count, sums each chunk in a fixed lane order and adds the
-// chunks in index order, so the gradients are bitwise the same on every run and with any number
-// of threads.
+// Parallelism: at::parallel_for over tiles (OpenMP; setup.py compiles and links with -fopenmp,
+// without which parallel_for silently runs serially). Determinism: the tiles depend on the shapes
+// alone, each tile's sums are taken in a fixed order, and the tiles' partial sums are added in
+// index order, so the gradients are bitwise the same on every run and with any number of threads.
+// Accuracy: the terms are added 16 to a lane (a block of 256 elements), and blocks, rows and
+// tiles with compensated (Neumaier) sums: at least as accurate as torch.sum.
 #pragma once
 
 // Every torch header first: nothing of torch's may be compiled under the AVX2 pragma below.
@@ -23,27 +24,40 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
-#include <tuple>
 #include <vector>
 
-#include "../common.h"
+#include "../layout.h"
+#include "../ops.h"
 #include "isa.h"
 
 namespace torchext {
 namespace cpu {
 
-// Elements per parallel task: big enough to amortize waking a thread (~µs), small enough to
-// split 2^20 elements over many cores.
-constexpr int64_t kGrain = 1 << 15;
-// Chunk of the deterministic reduction, and its lanes: independent accumulators the compiler
-// keeps in vector registers (a lane-wise loop vectorizes without -ffast-math reassociation).
-constexpr int64_t kChunk = 1 << 14;
+// The lanes of a block's sums: independent accumulators the compiler keeps in vector registers
+// (a lane-wise loop vectorizes without -ffast-math reassociation).
 constexpr int kLanes = 16;
+
+// Tiles: ~16K elements (a parallel task: big enough to amortize waking a thread, small enough to
+// split 2^20 elements over many cores); runs of 256 elements or more are tiled as runs.
+constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 14,
+                               /*cols=*/4096, /*min_rows=*/64, /*max_rows=*/1 << 14};
+
+// What a tile loop needs: the inputs, the output, the coefficients' values per slot, and where
+// its partial sums go.
+template <typename scalar_t, typename T>
+struct Job {
+  Operand x, g;
+  scalar_t* out;
+  const T* table;  // [N][C]: coefficient j's value in slot c at j * C + c
+  Slots slots;
+  Tiling tiling;
+  T* partial;      // backward: the tiles' partial sums (layout.h)
+};
 
 }  // namespace cpu
 }  // namespace torchext
 
-// The loops, for baseline x86-64 and for AVX2 with F16C (picked at run time by isa() below;
+// The loops, for baseline x86-64 and for AVX2 with F16C (picked at run time by isa();
 // TORCHEXT_AVX2 tells loops_impl.h which copy it compiles). PyTorch wheels are built for the
 // baseline too, so without this the compiler may use SSE2 only: half the width, and measured twice
 // as slow (benchmarks/NOTES.md).
@@ -70,98 +84,151 @@ constexpr int kLanes = 16;
 namespace torchext {
 namespace cpu {
 
-// Runs the loop `NAME` of the chosen instruction set.
+// The type the loops run an op in: op-math (16-bit types widened a block at a time), or the
+// stored type for the ops that declare kOnStoredType (ReLU).
+template <class Op, typename scalar_t>
+using compute_t =
+    std::conditional_t<kOnStoredType<Op>, scalar_t, at::opmath_type<scalar_t>>;
+
 #if TORCHEXT_HAVE_AVX2
-#define TORCHEXT_CPU_LOOP(NAME, ...)                                                \
-  (::torchext::cpu::isa() == ::torchext::cpu::Isa::Avx2 ? avx2::NAME(__VA_ARGS__) \
-                                                          : base::NAME(__VA_ARGS__))
+#define TORCHEXT_ISA_CALL(FN, ...) \
+  (isa() == Isa::Avx2 ? avx2::FN(__VA_ARGS__) : base::FN(__VA_ARGS__))
 #else
-#define TORCHEXT_CPU_LOOP(NAME, ...) base::NAME(__VA_ARGS__)
+#define TORCHEXT_ISA_CALL(FN, ...) base::FN(__VA_ARGS__)
 #endif
 
-}  // namespace cpu
-}  // namespace torchext
-
-// ---- drivers: dispatch on dtype and run a loop over what common.h prepared -------------------
-// Every op's CPU kernel is one of these four; cpu/<op>.cpp only names its functor.
-
-namespace torchext {
-namespace cpu {
-
-#define TORCHEXT_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-using Grads5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
-// The type the loops run an op's functor in: op-math (they convert the 16-bit types in blocks),
-// or the stored type for functors that declare kOnStoredType (ReLU), except half, whose
-// comparisons c10 makes through a software conversion (measured 36x slower than F16C blocks;
-// bfloat16's are a shift, and the blocks' round trip would double ReLU's time).
-template <typename Functor, typename = void>
-constexpr bool kOnStoredType = false;
-template <typename Functor>
-constexpr bool kOnStoredType<Functor, std::void_t<decltype(Functor::kOnStoredType)>> =
-    Functor::kOnStoredType;
-
-template <template <typename> class Op, typename scalar_t>
-using compute_t = std::conditional_t<kOnStoredType<Op<scalar_t>> &&
-                                         !std::is_same_v<scalar_t, c10::Half>,
-                                     scalar_t, at::opmath_type<scalar_t>>;
-
-// y = f(x)
-template <template <typename> class Op>
-at::Tensor unary_forward(const char* op, const at::Tensor& x) {
-  Forward f = prepare_forward(op, x);
-  TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-    using T = compute_t<Op, scalar_t>;
-    TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
-                      f.x.numel(), Op<T>{});
+template <class Op, typename scalar_t, typename T>
+void run_forward(const Job<scalar_t, T>& job) {
+  at::parallel_for(0, job.tiling.tiles, 1, [&](int64_t begin, int64_t end) {
+    TORCHEXT_ISA_CALL(forward_tiles<Op>, job, begin, end);
   });
-  return f.y;
 }
 
-// dx = f'(g, v), v being what the forward saved (x, or the result for ReLU).
-template <template <typename> class Op>
-at::Tensor unary_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,
-                          const char* v_name) {
-  Backward bw = prepare_backward(op, grad, v, v_name);
-  TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-    using T = compute_t<Op, scalar_t>;
-    TORCHEXT_CPU_LOOP(map2, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-                      bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<T>{});
+template <class Op, typename scalar_t, typename T>
+void run_backward(const Job<scalar_t, T>& job) {
+  at::parallel_for(0, job.tiling.tiles, 1, [&](int64_t begin, int64_t end) {
+    TORCHEXT_ISA_CALL(backward_tiles<Op>, job, begin, end);
   });
-  return bw.dx;
 }
 
-// y = f(x; a, b, c, d)
-template <template <typename> class Op>
-at::Tensor coef_forward(const char* op, const at::Tensor& x, const at::Tensor& a,
-                        const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
-  Forward f = prepare_forward(op, x, a, b, c, d);
-  TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-    using T = compute_t<Op, scalar_t>;
-    TORCHEXT_CPU_LOOP(map, f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(),
-                      f.x.numel(), Op<T>{{f.coefs}});
-  });
-  return f.y;
+// The coefficients' values per slot, in T: [N][C] (a one-element coefficient repeated).
+template <typename T>
+std::vector<T> coef_table(const Call& call) {
+  const int64_t C = call.slots.C;
+  std::vector<T> table(call.ncoefs * C);
+  for (int j = 0; j < call.ncoefs; ++j) {
+    const CoefSource& src = call.coefs[j];
+    const auto size = math::dtype_size(src.dtype);
+    for (int64_t c = 0; c < C; ++c) {
+      if (c > 0 && !src.per_slot) {
+        table[j * C + c] = table[j * C];
+      } else if (src.data == nullptr) {
+        table[j * C + c] = static_cast<T>(src.host_value);
+      } else {
+        table[j * C + c] = math::load<T>(static_cast<const char*>(src.data) + c * size, src.dtype);
+      }
+    }
+  }
+  return table;
 }
 
-// dx and the four coefficient gradients, from one pass over g and x.
-template <template <typename> class Op>
-Grads5 coef_backward(const char* op, const at::Tensor& grad, const at::Tensor& x,
-                     const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
-                     const at::Tensor& d) {
-  Backward bw = prepare_backward(op, grad, x, a, b, c, d);
-  TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-    using T = compute_t<Op, scalar_t>;
-    const auto sums = TORCHEXT_CPU_LOOP(
-        map2_reduce4, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-        bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<T>{{bw.coefs}});
-    for (int k = 0; k < 4; ++k) math::store(bw.coef_out.ptr[k], bw.coef_out.dtype[k], sums[k]);
-  });
-  auto& cg = bw.coef_grads;
-  return {bw.dx, cg[0], cg[1], cg[2], cg[3]};
+template <typename T>
+void kahan_add(T& sum, T& comp, T v) {
+  base::kahan_add(sum, comp, v);
 }
+
+// Each slot's sum over the tiles' partial sums, in tile order (slots in parallel: each slot's
+// order is fixed); then each coefficient's gradient: its slots' sums, or (one-element) their sum.
+template <typename T>
+void finish_sums(Call& call, const Tiling& tl, const std::vector<T>& partial) {
+  const int N = call.ncoefs;
+  const int64_t C = call.slots.C;
+  std::vector<T> sum(N * C), comp(N * C);
+  at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
+    for (int64_t rt = 0; rt < tl.row_tiles; ++rt) {
+      for (int j = 0; j < N; ++j) {
+        for (int64_t c = c0; c < c1; ++c) {
+          if (tl.runs) {
+            for (int64_t s = 0; s < tl.segs; ++s)
+              kahan_add(sum[j * C + c], comp[j * C + c],
+                        partial[((rt * C + c) * tl.segs + s) * N + j]);
+          } else {
+            kahan_add(sum[j * C + c], comp[j * C + c], partial[(rt * N + j) * C + c]);
+          }
+        }
+      }
+    }
+  });
+  for (int j = 0; j < N; ++j) {
+    at::Tensor& out = call.kernel_grads[j];
+    const auto dtype = out.scalar_type() == at::kDouble ? math::Dtype::Double
+                       : out.scalar_type() == at::kFloat ? math::Dtype::Float
+                       : out.scalar_type() == at::kHalf  ? math::Dtype::Half
+                                                         : math::Dtype::BFloat16;
+    char* p = static_cast<char*>(out.mutable_data_ptr());
+    if (call.grad_per_slot[j]) {
+      for (int64_t c = 0; c < C; ++c)
+        math::store(p + c * math::dtype_size(dtype), dtype, sum[j * C + c] + comp[j * C + c]);
+    } else {
+      T total = 0, total_comp = 0;
+      for (int64_t c = 0; c < C; ++c) kahan_add(total, total_comp, sum[j * C + c] + comp[j * C + c]);
+      math::store(p, dtype, total + total_comp);
+    }
+  }
+}
+
+#define TORCHEXT_DISPATCH(OP, TYPE, NAME, ...)                                            \
+  [&] {                                                                                   \
+    if constexpr (kIntegral<OP>) {                                                        \
+      AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__);      \
+    } else {                                                                              \
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__); \
+    }                                                                                     \
+  }()
+
+// The CPU kernels of op Op: forward(x, coefs) -> y, backward(grad, v, coefs) -> {dx, dcoefs...}.
+template <class Op>
+struct Kernels {
+  static constexpr int N = kNumCoefs<Op>;
+  using Coefs = std::array<at::Tensor, N>;
+
+  static at::Tensor forward(const at::Tensor& x, const Coefs& coefs) {
+    Call call = prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N}, kIntegral<Op>);
+    if (call.numel == 0) return call.out;
+    TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
+      using T = compute_t<Op, scalar_t>;
+      const std::vector<T> table = coef_table<T>(call);
+      const Job<scalar_t, T> job{call.x, {}, call.out.mutable_data_ptr<scalar_t>(), table.data(),
+                                 call.slots, make_tiling(call.numel, call.slots, kTileSizes),
+                                 nullptr};
+      run_forward<Op>(job);
+    });
+    return call.out;
+  }
+
+  static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
+                                                const Coefs& coefs) {
+    Call call = prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>, {coefs.data(), Op::kCoefs.data(), N},
+                                 kBackwardReads<Op>);
+    if (call.numel > 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "torchext", [&] {
+        using T = compute_t<Op, scalar_t>;
+        const std::vector<T> table = coef_table<T>(call);
+        const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
+        std::vector<T> partial(N > 0 ? tiling.partials * N : 0);
+        const Job<scalar_t, T> job{call.x, call.g, call.out.mutable_data_ptr<scalar_t>(),
+                                   table.data(), call.slots, tiling, partial.data()};
+        run_backward<Op>(job);
+        if constexpr (N > 0) finish_sums(call, tiling, partial);
+      });
+      finish_backward(call);
+    }
+    std::array<at::Tensor, N + 1> out;
+    out[0] = call.out;
+    for (int i = 0; i < N; ++i) out[i + 1] = call.grads[i];
+    return out;
+  }
+};
 
 }  // namespace cpu
 }  // namespace torchext

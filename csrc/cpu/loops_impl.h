@@ -3,6 +3,11 @@
 // (TORCHEXT_ISA). No include guard, on purpose. Only code that is ours lives here: a torch header
 // included under the pragma would compile torch's inline functions for AVX2 too, and the linker
 // could then hand those to a CPU without it.
+//
+// A loop runs one tile of a Job (layout.h's Tiling): the rows of one run segment, or of a few
+// whole slots' columns. Inside, elements go a block (kBlock) at a time: read into T (the type the
+// op computes in; a pointer into the input itself when it is dense and of that type), computed,
+// written; a backward adds each block's terms into compensated sums.
 
 namespace torchext {
 namespace cpu {
@@ -15,9 +20,6 @@ namespace TORCHEXT_ISA {
 // than float32 (benchmarks/NOTES.md §5). The block conversions here are bit operations (bfloat16:
 // widened by the compiler's vectorized code, narrowed with AVX2 intrinsics in the AVX2 build) or
 // F16C instructions (half, AVX2 build).
-
-constexpr int64_t kBlock = 256;  // a multiple of kLanes: block edges keep the reduction's order
-static_assert(kBlock % kLanes == 0 && kChunk % kBlock == 0);
 
 template <typename T>
 constexpr bool kIs16Bit = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
@@ -104,112 +106,316 @@ inline void narrow(const float* __restrict__ src, c10::Half* dst, int64_t n) {
 }
 #endif
 
-// Calls body(y, len, in) over [begin, end) in the type T the functor computes in: with the
-// pointers themselves where T is the stored type; with float blocks converted from and to the
-// 16-bit types otherwise.
-template <typename T, typename scalar_t, size_t N, typename Body>
-void in_type(int64_t begin, int64_t end, std::array<const scalar_t*, N> in, scalar_t* y,
-             const Body& body) {
-  static_assert(std::is_same_v<T, scalar_t> || (std::is_same_v<T, float> && kIs16Bit<scalar_t>),
-                "a functor computes in the stored type, or in float for the 16-bit types");
+// ---- reading inputs -------------------------------------------------------------------------
+
+// Converts n stored values to the compute type T (the same type: a copy).
+template <typename T, typename scalar_t>
+inline void convert(const scalar_t* src, T* __restrict__ dst, int64_t n) {
   if constexpr (std::is_same_v<T, scalar_t>) {
-    for (auto& p : in) p += begin;
-    body(y + begin, end - begin, in);
+    std::memcpy(dst, src, n * sizeof(T));
   } else {
-    float out[kBlock], buf[N][kBlock];
-    std::array<const float*, N> blocks;
-    for (size_t k = 0; k < N; ++k) blocks[k] = buf[k];
-    for (int64_t i = begin; i < end; i += kBlock) {
-      const int64_t len = std::min(kBlock, end - i);
-      for (size_t k = 0; k < N; ++k) widen(in[k] + i, buf[k], len);
-      body(out, len, blocks);
-      narrow(out, y + i, len);
+    widen(src, dst, n);
+  }
+}
+
+// The len elements of input o from flat index e on, in T: a pointer into o itself where it is
+// dense and stored in T, else buf filled.
+template <typename T, typename scalar_t>
+const T* read(const Operand& o, int64_t e, int64_t len, T* __restrict__ buf) {
+  const scalar_t* data = static_cast<const scalar_t*>(o.data);
+  switch (o.kind) {
+    case Operand::kDense:
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        return data + e;
+      } else {
+        widen(data + e, buf, len);
+        return buf;
+      }
+    case Operand::kBroadcast: {
+      T v;
+      convert<T>(data, &v, 1);
+      for (int64_t i = 0; i < len; ++i) buf[i] = v;
+      return buf;
+    }
+    default: {
+      // Walk the strided dims as an odometer, innermost fastest, from e's position.
+      int64_t idx[kMaxDims], offset = 0;
+      const int n = o.ndim;
+      for (int d = 0; d < n; ++d) {
+        idx[d] = (e / o.ostride[d]) % o.size[d];
+        offset += idx[d] * o.stride[d];
+      }
+      for (int64_t i = 0; i < len; ++i) {
+        convert<T>(data + offset, buf + i, 1);
+        int d = n - 1;
+        offset += o.stride[d];
+        while (++idx[d] == o.size[d] && d > 0) {
+          offset -= o.size[d] * o.stride[d];
+          idx[d] = 0;
+          --d;
+          offset += o.stride[d];
+        }
+      }
+      return buf;
     }
   }
 }
 
-// ---- the loops: op is the functor (math.h) instantiated for T, the type it computes in ----------
-// (op-math, or the stored type: compute_t in loops.h)
-
-// The T of a functor Op<T>.
-template <template <typename> class Op, typename T>
-T value_type_of(const Op<T>&);
-
-// y[i] = op.forward(x[i])
-template <typename scalar_t, typename Op>
-void map(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, Op op) {
-  using T = decltype(value_type_of(op));
-  op.load();
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    const Op o = op;  // a local copy: stores through y cannot alias it
-    auto body = [&o](T* __restrict__ yb, int64_t len, std::array<const T*, 1> in) {
-      const T* __restrict__ xb = in[0];
-      for (int64_t i = 0; i < len; ++i) yb[i] = o.forward(xb[i]);
-    };
-    in_type<T, scalar_t, 1>(begin, end, {x}, y, body);
-  });
+// Where a block's results are computed: the output itself when it is stored in T, else buf
+// (narrowed into the output by write()).
+template <typename T, typename scalar_t>
+T* dest(scalar_t* out, int64_t e, T* buf) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return out + e;
+  } else {
+    return buf;
+  }
 }
 
-// out[i] = op.backward(g[i], v[i])
-template <typename scalar_t, typename Op>
-void map2(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
-          scalar_t* __restrict__ out, int64_t n, Op op) {
-  using T = decltype(value_type_of(op));
-  op.load();
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    const Op o = op;
-    auto body = [&o](T* __restrict__ ob, int64_t len, std::array<const T*, 2> in) {
-      const T* __restrict__ gb = in[0];
-      const T* __restrict__ vb = in[1];
-      for (int64_t i = 0; i < len; ++i) ob[i] = o.backward(gb[i], vb[i]);
-    };
-    in_type<T, scalar_t, 2>(begin, end, {g, v}, out, body);
-  });
+template <typename T, typename scalar_t>
+void write(scalar_t* out, int64_t e, const T* buf, int64_t len) {
+  if constexpr (!std::is_same_v<T, scalar_t>) narrow(buf, out + e, len);
 }
 
-// dx[i] = op.backward(g[i], x[i], t) and returns Σ t[k] for k < 4, in op-math type.
-template <typename scalar_t, typename Op, typename acc_t = typename Op::acc_t>
-std::array<acc_t, 4> map2_reduce4(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                                  scalar_t* __restrict__ dx, int64_t n, Op op) {
-  using T = decltype(value_type_of(op));
-  op.load();
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<std::array<acc_t, 4>> partial(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t ch = cb; ch < ce; ++ch) {
-      const Op o = op;
-      acc_t acc[4][kLanes] = {};
-      // Lane l takes the elements at offsets ≡ l (mod kLanes) from the chunk's start: the same
-      // whole-chunk or block by block, since blocks start at multiples of kLanes.
-      auto body = [&o, &acc](T* __restrict__ db, int64_t len, std::array<const T*, 2> in) {
-        const T* __restrict__ gb = in[0];
-        const T* __restrict__ xb = in[1];
-        int64_t i = 0;
-        for (; i + kLanes <= len; i += kLanes) {
-          for (int l = 0; l < kLanes; ++l) {
-            acc_t t[4];
-            db[i + l] = o.backward(gb[i + l], xb[i + l], t);
-            for (int k = 0; k < 4; ++k) acc[k][l] += t[k];
-          }
-        }
-        for (int l = 0; i < len; ++i, ++l) {
-          acc_t t[4];
-          db[i] = o.backward(gb[i], xb[i], t);
-          for (int k = 0; k < 4; ++k) acc[k][l] += t[k];
-        }
-      };
-      in_type<T, scalar_t, 2>(ch * kChunk, std::min(n, (ch + 1) * kChunk), {g, x}, dx, body);
-      for (int k = 0; k < 4; ++k) {
-        acc_t s = 0;
-        for (int l = 0; l < kLanes; ++l) s += acc[k][l];
-        partial[ch][k] = s;
+// ---- compensated sums -------------------------------------------------------------------------
+// A running sum and the rounding error it dropped, taken exactly by Knuth's TwoSum (branch-free,
+// so the loops that keep many such sums vectorize; setup.py's -fno-trapping-math lets the
+// compiler turn the select below into a blend). A sum that has become infinite or NaN keeps no
+// compensation (it would be NaN), so an infinity stays an infinity.
+template <typename T>
+inline void kahan_add(T& sum, T& comp, T v) {
+  const T t = sum + v;
+  const T vv = t - sum;
+  const T lost = (sum - (t - vv)) + (v - vv);
+  comp += t - t == 0 ? lost : T(0);
+  sum = t;
+}
+
+// Pairwise sum of the kLanes lane accumulators.
+template <typename T>
+inline T fold_lanes(const T* lanes) {
+  T s[kLanes];
+  for (int l = 0; l < kLanes; ++l) s[l] = lanes[l];
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) s[l] += s[l + w];
+  return s[0];
+}
+
+// ---- one tile ---------------------------------------------------------------------------------
+
+// Elements per block; a multiple of kLanes.
+constexpr int64_t kBlock = 256;
+static_assert(kBlock % kLanes == 0);
+// Column tiles: rows added plainly before the block's sums join the compensated ones.
+constexpr int kRowsPerFlush = 16;
+
+template <class Op, typename scalar_t, typename T>
+struct Tile {
+  static constexpr int N = kNumCoefs<Op>;
+  static constexpr int NC = N > 0 ? N : 1;  // array sizes
+  const Job<scalar_t, T>& job;
+
+  // runs: the rows [r0, r1) of the run segment at [e0, e0 + len) of each row (relative to the
+  // row's start), slot c.
+  struct Run {
+    int64_t r0, r1, begin, len, c;
+  };
+  Run run_of(int64_t t) const {
+    const Tiling& tl = job.tiling;
+    const int64_t s = t % tl.segs, c = (t / tl.segs) % job.slots.C, rt = t / (tl.segs * job.slots.C);
+    const int64_t P = job.slots.C == 1 ? tl.W : job.slots.P;
+    const int64_t r0 = rt * tl.rows_per_tile, r1 = std::min(tl.rows, r0 + tl.rows_per_tile);
+    const int64_t begin = c * P + s * tl.seg;
+    return {r0, r1, begin, std::min(tl.seg, P - s * tl.seg), c};
+  }
+
+  // columns: the rows [r0, r1) of slots [c0, c1).
+  struct Cols {
+    int64_t r0, r1, c0, c1;
+  };
+  Cols cols_of(int64_t t) const {
+    const Tiling& tl = job.tiling;
+    const int64_t ct = t % tl.col_tiles, rt = t / tl.col_tiles;
+    const int64_t c0 = ct * tl.slots_per_tile, c1 = std::min(job.slots.C, c0 + tl.slots_per_tile);
+    const int64_t r0 = rt * tl.rows_per_tile, r1 = std::min(tl.rows, r0 + tl.rows_per_tile);
+    return {r0, r1, c0, c1};
+  }
+
+  void coefs_of_slot(int64_t c, T* k) const {
+    for (int j = 0; j < N; ++j) k[j] = job.table[j * job.slots.C + c];
+  }
+
+  // The coefficients of the columns of slots [c0, c1): coefficient j of column q at
+  // k[j * kstride + q]. With P == 1 they are the table's own; else expanded into *expanded.
+  const T* coefs_of_columns(const Cols& c, std::vector<T>* expanded, int64_t* kstride) const {
+    const int64_t P = job.slots.P, C = job.slots.C;
+    if (P == 1) {
+      *kstride = C;
+      return job.table + c.c0;
+    }
+    const int64_t ncols = (c.c1 - c.c0) * P;
+    expanded->resize(N * ncols);
+    for (int j = 0; j < N; ++j)
+      for (int64_t q = 0; q < ncols; ++q) (*expanded)[j * ncols + q] = job.table[j * C + c.c0 + q / P];
+    *kstride = ncols;
+    return expanded->data();
+  }
+
+  // ---- forward ----
+
+  void forward_block(int64_t e, int64_t len, const T* k, int64_t kstride) const {
+    T xbuf[kBlock], ybuf[kBlock];
+    const T* __restrict__ xb = read<T, scalar_t>(job.x, e, len, xbuf);
+    T* __restrict__ yb = dest<T>(job.out, e, ybuf);
+    if (kstride == 0) {
+      T kk[NC];
+      for (int j = 0; j < N; ++j) kk[j] = k[j];
+      for (int64_t i = 0; i < len; ++i) yb[i] = Op::forward(xb[i], kk);
+    } else {
+      for (int64_t i = 0; i < len; ++i) {
+        T kk[NC];
+        for (int j = 0; j < N; ++j) kk[j] = k[j * kstride + i];
+        yb[i] = Op::forward(xb[i], kk);
       }
     }
-  });
-  std::array<acc_t, 4> sums = {};
-  for (const auto& p : partial)
-    for (int k = 0; k < 4; ++k) sums[k] += p[k];
-  return sums;
+    write<T>(job.out, e, yb, len);
+  }
+
+  void forward(int64_t t) const {
+    const Tiling& tl = job.tiling;
+    if (tl.runs) {
+      const Run r = run_of(t);
+      T k[NC];
+      coefs_of_slot(r.c, k);
+      for (int64_t row = r.r0; row < r.r1; ++row)
+        for (int64_t i = 0; i < r.len; i += kBlock)
+          forward_block(row * tl.W + r.begin + i, std::min(kBlock, r.len - i), k, 0);
+      return;
+    }
+    const Cols c = cols_of(t);
+    const int64_t ncols = (c.c1 - c.c0) * job.slots.P;
+    std::vector<T> expanded;
+    int64_t kstride;
+    const T* k = coefs_of_columns(c, &expanded, &kstride);
+    // A block of columns at a time over all the tile's rows: its coefficients stay in cache.
+    for (int64_t q = 0; q < ncols; q += kBlock) {
+      const int64_t len = std::min(kBlock, ncols - q);
+      for (int64_t row = c.r0; row < c.r1; ++row)
+        forward_block(row * tl.W + c.c0 * job.slots.P + q, len, k + q, kstride);
+    }
+  }
+
+  // ---- backward ----
+
+  // dx over a block whose elements all take the coefficients k; adds the block's terms to the
+  // compensated sums (sum, comp).
+  void backward_block(int64_t e, int64_t len, const T* kk, T* sum, T* comp) const {
+    T gbuf[kBlock], xbuf[kBlock], dbuf[kBlock];
+    const T* __restrict__ gb = read<T, scalar_t>(job.g, e, len, gbuf);
+    const T* __restrict__ xb = read<T, scalar_t>(job.x, e, len, xbuf);
+    T* __restrict__ db = dest<T>(job.out, e, dbuf);
+    if constexpr (N == 0) {
+      for (int64_t i = 0; i < len; ++i) db[i] = Op::backward(gb[i], xb[i], kk, static_cast<T*>(nullptr));
+    } else {
+      // Lane l adds the elements at offsets ≡ l (mod kLanes): independent accumulators the
+      // compiler keeps in vector registers.
+      T acc[N][kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= len; i += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          T terms[N];
+          db[i + l] = Op::backward(gb[i + l], xb[i + l], kk, terms);
+          for (int j = 0; j < N; ++j) acc[j][l] += terms[j];
+        }
+      }
+      for (int l = 0; i < len; ++i, ++l) {
+        T terms[N];
+        db[i] = Op::backward(gb[i], xb[i], kk, terms);
+        for (int j = 0; j < N; ++j) acc[j][l] += terms[j];
+      }
+      for (int j = 0; j < N; ++j) kahan_add(sum[j], comp[j], fold_lanes(acc[j]));
+    }
+    write<T>(job.out, e, db, len);
+  }
+
+  // dx over a row's block of columns, column i taking the coefficients k[j * kstride + i]; adds
+  // each column's terms to acc[j][i].
+  void backward_columns(int64_t e, int64_t len, const T* __restrict__ k, int64_t kstride,
+                        T (*__restrict__ acc)[kBlock]) const {
+    T gbuf[kBlock], xbuf[kBlock], dbuf[kBlock];
+    const T* __restrict__ gb = read<T, scalar_t>(job.g, e, len, gbuf);
+    const T* __restrict__ xb = read<T, scalar_t>(job.x, e, len, xbuf);
+    T* __restrict__ db = dest<T>(job.out, e, dbuf);
+    for (int64_t i = 0; i < len; ++i) {
+      T kk[NC], terms[NC];
+      for (int j = 0; j < N; ++j) kk[j] = k[j * kstride + i];
+      db[i] = Op::backward(gb[i], xb[i], kk, terms);
+      for (int j = 0; j < N; ++j) acc[j][i] += terms[j];
+    }
+    write<T>(job.out, e, db, len);
+  }
+
+  void backward(int64_t t) const {
+    const Tiling& tl = job.tiling;
+    if (tl.runs) {
+      const Run r = run_of(t);
+      T k[NC], sum[NC] = {}, comp[NC] = {};
+      coefs_of_slot(r.c, k);
+      for (int64_t row = r.r0; row < r.r1; ++row)
+        for (int64_t i = 0; i < r.len; i += kBlock)
+          backward_block(row * tl.W + r.begin + i, std::min(kBlock, r.len - i), k, sum, comp);
+      for (int j = 0; j < N; ++j) job.partial[t * N + j] = sum[j] + comp[j];
+      return;
+    }
+    const Cols c = cols_of(t);
+    const int64_t P = job.slots.P, ncols = (c.c1 - c.c0) * P;
+    std::vector<T> expanded;
+    int64_t kstride;
+    const T* k = coefs_of_columns(c, &expanded, &kstride);
+    // A block of columns at a time over all the tile's rows (its coefficients and sums stay in
+    // cache): per column, kRowsPerFlush rows added plainly, then into compensated sums; the
+    // block's column totals go to total[j * ncols + q].
+    std::vector<T> total(N * ncols);
+    for (int64_t q = 0; q < ncols; q += kBlock) {
+      const int64_t len = std::min(kBlock, ncols - q);
+      T acc[NC][kBlock] = {}, sum[NC][kBlock] = {}, comp[NC][kBlock] = {};
+      for (int64_t row = c.r0; row < c.r1; ++row) {
+        backward_columns(row * tl.W + c.c0 * P + q, len, k + q, kstride, acc);
+        if ((row - c.r0 + 1) % kRowsPerFlush == 0 || row + 1 == c.r1) {
+          for (int j = 0; j < N; ++j) {
+            for (int64_t i = 0; i < len; ++i) {
+              kahan_add(sum[j][i], comp[j][i], acc[j][i]);
+              acc[j][i] = T(0);
+            }
+          }
+        }
+      }
+      for (int j = 0; j < N; ++j)
+        for (int64_t i = 0; i < len; ++i) total[j * ncols + q + i] = sum[j][i] + comp[j][i];
+    }
+    // Each slot's P columns, into the row tile's partial sums.
+    const int64_t rt = t / tl.col_tiles, C = job.slots.C;
+    for (int j = 0; j < N; ++j) {
+      for (int64_t s = c.c0; s < c.c1; ++s) {
+        T sum = 0, comp = 0;
+        for (int64_t q = (s - c.c0) * P; q < (s - c.c0 + 1) * P; ++q)
+          kahan_add(sum, comp, total[j * ncols + q]);
+        job.partial[(rt * N + j) * C + s] = sum + comp;
+      }
+    }
+  }
+};
+
+template <class Op, typename scalar_t, typename T>
+void forward_tiles(const Job<scalar_t, T>& job, int64_t begin, int64_t end) {
+  const Tile<Op, scalar_t, T> tile{job};
+  for (int64_t t = begin; t < end; ++t) tile.forward(t);
+}
+
+template <class Op, typename scalar_t, typename T>
+void backward_tiles(const Job<scalar_t, T>& job, int64_t begin, int64_t end) {
+  const Tile<Op, scalar_t, T> tile{job};
+  for (int64_t t = begin; t < end; ++t) tile.backward(t);
 }
 
 }  // namespace TORCHEXT_ISA

@@ -1,42 +1,64 @@
-// The CUDA loops every op shares, mirroring cpu/loops.h: an elementwise map, a two-input map,
-// and the fused one-pass backward that writes dx and per-block partial sums of the four
-// coefficient gradients; a second one-block kernel adds the partials in a fixed order and writes
-// the gradients in the coefficients' own dtypes. No atomics: bitwise deterministic.
+// The CUDA kernels of every op, over what layout.h prepared, mirroring cpu/loops.h:
 //
-// Every kernel: grid-stride loop with 64-bit indices, 128-bit loads and stores when all pointers
-// are 16-byte aligned (a scalar tail after), launched on the current stream of x's device under a
-// device guard, C10_CUDA_KERNEL_LAUNCH_CHECK after the launch. Coefficients are read inside the
-// kernels (math.h), never with .item(): no host-device sync, CUDA-graph safe.
+//   one-element coefficients (C == 1, and the ops without coefficients): grid-stride kernels over
+//   the flat index, 16-byte loads when every pointer is aligned (two per input per thread before
+//   computing; the unaligned path unrolls as many scalar loads), the grid from the occupancy of
+//   the kernel launched (one full wave); the backward writes dx and one partial sum per block and
+//   coefficient, added by one block in a fixed order.
+//   per-slot coefficients (C > 1): a block per tile of layout.h's Tiling (runs, or columns of
+//   whole slots), each writing its partial sums; one kernel adds each slot's partials in a fixed
+//   order, another writes each coefficient's gradient in its dtype.
+//
+// No atomics: the gradients are bitwise the same on every run on the same GPU model (the flat
+// grid depends on the SM count and occupancy) for inputs of the same alignment (which picks the
+// 16-byte or the scalar path). Launched on the current stream of x's device under a device
+// guard, C10_CUDA_KERNEL_LAUNCH_CHECK after each launch; coefficients are read inside the kernels
+// (or, 0-dim CPU tensors, passed by value), never with .item() on the device: no host-device
+// sync, CUDA-graph safe. nvcc contracts a*b+c into FMAs by default and setup.py leaves it on (the
+// CPU build turns contraction off for identical bits across its ISAs; CUDA and CPU results agree
+// to rounding, not bit for bit, either way).
+//
+// Inputs are read in place when dense in the result's layout or stride-0 everywhere (expanded
+// from one element, as the gradient of y.sum() is); other strides are copied to the result's
+// layout first.
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
-#include <tuple>
 
-#include "../common.h"
+#include "../layout.h"
+#include "../ops.h"
 
 namespace torchext {
 namespace cuda {
 
 constexpr int kThreads = 256;
-constexpr int kBlocksPerSm = 8;  // 2048 resident threads per SM on sm_80/sm_90 at 256 a block
+constexpr int kWarps = kThreads / 32;
 constexpr int kMaxDevices = 64;
 
-// The elements one thread loads at once: 16 bytes.
+// The elements one 16-byte load holds.
 template <typename T>
-constexpr int kVec = 16 / sizeof(T);
+constexpr int kVec = 16 / sizeof(T) > 0 ? 16 / sizeof(T) : 1;
 
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
+
+template <class Op, typename scalar_t>
+using compute_t = std::conditional_t<kOnStoredType<Op>, scalar_t, at::opmath_type<scalar_t>>;
+
+// ---- launch geometry ----------------------------------------------------------------------------
 
 inline int sm_count(int device) {
   static std::atomic<int> cache[kMaxDevices] = {};
@@ -48,237 +70,591 @@ inline int sm_count(int device) {
   return n;
 }
 
-// One full wave of resident blocks, fewer when n is small. Depends only on n and the device, so
-// the reduction's partial sums, and so its result, are the same on every run.
-inline int64_t grid_for(int64_t work, int device) {
-  const int64_t wanted = (work + kThreads - 1) / kThreads;
-  return std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t{sm_count(device)} * kBlocksPerSm));
+// How many blocks of this kernel an SM holds at once (its registers and shared memory decide),
+// asked once per kernel and device.
+template <auto Kernel>
+int blocks_per_sm(int device) {
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int n = device < kMaxDevices ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (n == 0) {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, kThreads, 0));
+    n = std::max(n, 1);
+    if (device < kMaxDevices) cache[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// One full wave of resident blocks of Kernel, fewer when there is less work.
+template <auto Kernel>
+int64_t grid_for(int64_t items, int device) {
+  const int64_t wanted = (items + kThreads - 1) / kThreads;
+  const int64_t wave = int64_t{sm_count(device)} * blocks_per_sm<Kernel>(device);
+  return std::max<int64_t>(1, std::min(wanted, wave));
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// ---- kernels ------------------------------------------------------------------------------
+// ---- coefficients and gradients as kernel arguments ---------------------------------------------
 
-template <int V, typename scalar_t, typename Op>
-__global__ void __launch_bounds__(kThreads)
-    map_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, Op op) {
-  using P = Pack<scalar_t, V>;
-  op.load();
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  const int64_t nv = n / V;
-  for (int64_t i = tid; i < nv; i += stride) {
-    const P in = reinterpret_cast<const P*>(x)[i];
-    P out;
+template <int N>
+struct CoefArgs {  // N one-element coefficients
+  const void* ptr[N > 0 ? N : 1];
+  math::Dtype dtype[N > 0 ? N : 1];
+  double value[N > 0 ? N : 1];  // where ptr is null
+
+  template <typename T>
+  __device__ void load(T* k) const {
 #pragma unroll
-    for (int k = 0; k < V; ++k) out.v[k] = op.forward(in.v[k]);
-    reinterpret_cast<P*>(y)[i] = out;
+    for (int j = 0; j < N; ++j) k[j] = ptr[j] ? math::load<T>(ptr[j], dtype[j]) : T(value[j]);
   }
-  for (int64_t i = nv * V + tid; i < n; i += stride) y[i] = op.forward(x[i]);
+};
+
+template <int N>
+CoefArgs<N> coef_args(const Call& call) {
+  CoefArgs<N> a{};
+  for (int j = 0; j < N; ++j) {
+    a.ptr[j] = call.coefs[j].data;
+    a.dtype[j] = call.coefs[j].dtype;
+    a.value[j] = call.coefs[j].host_value;
+  }
+  return a;
 }
 
-template <int V, typename scalar_t, typename Op>
-__global__ void __launch_bounds__(kThreads)
-    map2_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
-                scalar_t* __restrict__ out, int64_t n, Op op) {
-  using P = Pack<scalar_t, V>;
-  op.load();
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  const int64_t nv = n / V;
-  for (int64_t i = tid; i < nv; i += stride) {
-    const P gp = reinterpret_cast<const P*>(g)[i];
-    const P vp = reinterpret_cast<const P*>(v)[i];
-    P o;
-#pragma unroll
-    for (int k = 0; k < V; ++k) o.v[k] = op.backward(gp.v[k], vp.v[k]);
-    reinterpret_cast<P*>(out)[i] = o;
-  }
-  for (int64_t i = nv * V + tid; i < n; i += stride) out[i] = op.backward(g[i], v[i]);
+template <int N>
+struct GradArgs {  // where each coefficient's gradient goes: C values, or one
+  void* ptr[N > 0 ? N : 1];
+  math::Dtype dtype[N > 0 ? N : 1];
+  bool per_slot[N > 0 ? N : 1];
+};
+
+inline math::Dtype code_of(at::ScalarType t) {
+  return t == at::kDouble ? math::Dtype::Double
+         : t == at::kFloat ? math::Dtype::Float
+         : t == at::kHalf  ? math::Dtype::Half
+                           : math::Dtype::BFloat16;
 }
 
-// Sums s[0..3] over the block in a fixed order (shuffles, then one warp); thread 0 gets the total.
-template <typename acc_t>
-__device__ void block_sum4(acc_t s[4]) {
-  __shared__ acc_t warp_sums[kThreads / 32][4];
+template <int N>
+GradArgs<N> grad_args(Call& call) {
+  GradArgs<N> a{};
+  for (int j = 0; j < N; ++j) {
+    a.ptr[j] = call.kernel_grads[j].mutable_data_ptr();
+    a.dtype[j] = code_of(call.kernel_grads[j].scalar_type());
+    a.per_slot[j] = call.grad_per_slot[j];
+  }
+  return a;
+}
+
+// ---- block sums -------------------------------------------------------------------------------
+
+// Sums s[0..N) over the block in a fixed order (shuffles, then one warp); thread 0 gets the totals.
+template <int N, typename acc_t>
+__device__ void block_sum(acc_t* s) {
+  __shared__ acc_t warp_sums[kWarps][N > 0 ? N : 1];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-  for (int k = 0; k < 4; ++k)
+  for (int k = 0; k < N; ++k)
     for (int off = 16; off > 0; off /= 2) s[k] += __shfl_down_sync(0xffffffffu, s[k], off);
+  __syncthreads();  // warp_sums may still be read by a previous call
   if (lane == 0)
-    for (int k = 0; k < 4; ++k) warp_sums[warp][k] = s[k];
+    for (int k = 0; k < N; ++k) warp_sums[warp][k] = s[k];
   __syncthreads();
   if (warp == 0) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      s[k] = lane < kThreads / 32 ? warp_sums[lane][k] : acc_t(0);
+    for (int k = 0; k < N; ++k) {
+      s[k] = lane < kWarps ? warp_sums[lane][k] : acc_t(0);
       for (int off = 16; off > 0; off /= 2) s[k] += __shfl_down_sync(0xffffffffu, s[k], off);
     }
   }
 }
 
-template <int V, typename scalar_t, typename Op, typename acc_t = typename Op::acc_t>
+// ---- one-element coefficients: grid-stride kernels ---------------------------------------------
+// An item is V elements (one 16-byte load, or V == 1); each thread takes U items per iteration,
+// all loaded before any is computed. sx, sg: 1, or 0 for an input expanded from one element.
+
+template <int V>
+constexpr int kUnroll = V > 1 ? 2 : 4;
+
+template <class Op, int V, typename scalar_t, typename T, int N>
 __global__ void __launch_bounds__(kThreads)
-    map2_reduce4_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                        scalar_t* __restrict__ dx, int64_t n, Op op, acc_t* __restrict__ partial) {
+    map_kernel(const scalar_t* __restrict__ x, int64_t sx, scalar_t* __restrict__ y, int64_t n,
+               CoefArgs<N> coefs) {
   using P = Pack<scalar_t, V>;
-  op.load();
-  acc_t s[4] = {0, 0, 0, 0};
-  acc_t t[4];
+  constexpr int U = kUnroll<V>;
+  T k[N > 0 ? N : 1];
+  coefs.load(k);
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  const int64_t nv = n / V;
-  for (int64_t i = tid; i < nv; i += stride) {
-    const P gp = reinterpret_cast<const P*>(g)[i];
-    const P xp = reinterpret_cast<const P*>(x)[i];
-    P o;
+  const int64_t items = n / V;
+  for (int64_t base = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; base < items;
+       base += stride * U) {
+    P in[U];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      o.v[k] = op.backward(gp.v[k], xp.v[k], t);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) s[j] += t[j];
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = base + u * stride;
+      if (i < items) {
+        if constexpr (V > 1) {
+          in[u] = reinterpret_cast<const P*>(x)[i];
+        } else {
+          in[u].v[0] = x[i * sx];
+        }
+      }
     }
-    reinterpret_cast<P*>(dx)[i] = o;
-  }
-  for (int64_t i = nv * V + tid; i < n; i += stride) {
-    dx[i] = op.backward(g[i], x[i], t);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) s[j] += t[j];
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = base + u * stride;
+      if (i < items) {
+        P out;
+#pragma unroll
+        for (int e = 0; e < V; ++e) out.v[e] = static_cast<scalar_t>(Op::forward(T(in[u].v[e]), k));
+        reinterpret_cast<P*>(y)[i] = out;
+      }
+    }
   }
-  block_sum4(s);
-  if (threadIdx.x == 0)
-    for (int j = 0; j < 4; ++j) partial[blockIdx.x * 4 + j] = s[j];
+  // The elements after the last whole item (V > 1).
+  for (int64_t i = items * V + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
+    y[i] = static_cast<scalar_t>(Op::forward(T(x[i * sx]), k));
 }
 
-// One block: adds `blocks` partials in a fixed order and stores each gradient in its dtype.
-template <typename acc_t>
+// dx = op.backward(g, v), with the N coefficient terms summed per thread into s.
+template <class Op, typename T, int N, typename scalar_t>
+__device__ inline scalar_t backward_one(scalar_t g, scalar_t v, const T* k, T* s) {
+  T terms[N > 0 ? N : 1];
+  const T dx = Op::backward(T(g), T(v), k, terms);
+#pragma unroll
+  for (int j = 0; j < N; ++j) s[j] += terms[j];
+  return static_cast<scalar_t>(dx);
+}
+
+// dx over the flat index; with coefficients, one partial sum per block and coefficient at
+// partial[block * N + j].
+template <class Op, int V, typename scalar_t, typename T, int N>
 __global__ void __launch_bounds__(kThreads)
-    finalize4_kernel(const acc_t* __restrict__ partial, int64_t blocks, math::CoefGrads out) {
-  acc_t s[4] = {0, 0, 0, 0};
+    map2_kernel(const scalar_t* __restrict__ g, int64_t sg, const scalar_t* __restrict__ v,
+                int64_t sv, scalar_t* __restrict__ dx, int64_t n, CoefArgs<N> coefs,
+                T* __restrict__ partial) {
+  using P = Pack<scalar_t, V>;
+  constexpr int U = kUnroll<V>;
+  T k[N > 0 ? N : 1], s[N > 0 ? N : 1] = {};
+  coefs.load(k);
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  const int64_t items = n / V;
+  for (int64_t base = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; base < items;
+       base += stride * U) {
+    P gin[U], vin[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = base + u * stride;
+      if (i < items) {
+        if constexpr (V > 1) {
+          gin[u] = reinterpret_cast<const P*>(g)[i];
+          vin[u] = reinterpret_cast<const P*>(v)[i];
+        } else {
+          gin[u].v[0] = g[i * sg];
+          vin[u].v[0] = v[i * sv];
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = base + u * stride;
+      if (i < items) {
+        P out;
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          out.v[e] = backward_one<Op, T, N>(gin[u].v[e], vin[u].v[e], k, s);
+        reinterpret_cast<P*>(dx)[i] = out;
+      }
+    }
+  }
+  for (int64_t i = items * V + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
+    dx[i] = backward_one<Op, T, N>(g[i * sg], v[i * sv], k, s);
+  if constexpr (N > 0) {
+    block_sum<N>(s);
+    if (threadIdx.x == 0)
+      for (int j = 0; j < N; ++j) partial[blockIdx.x * N + j] = s[j];
+  }
+}
+
+// One block: adds the blocks' partial sums in a fixed order and stores each gradient.
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    finish_flat_kernel(const T* __restrict__ partial, int64_t blocks, GradArgs<N> out) {
+  T s[N] = {};
   for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x)
-    for (int j = 0; j < 4; ++j) s[j] += partial[b * 4 + j];
-  block_sum4(s);
+    for (int j = 0; j < N; ++j) s[j] += partial[b * N + j];
+  block_sum<N>(s);
   if (threadIdx.x == 0)
-    for (int j = 0; j < 4; ++j) math::store(out.ptr[j], out.dtype[j], s[j]);
+    for (int j = 0; j < N; ++j) math::store(out.ptr[j], out.dtype[j], s[j]);
 }
 
-// ---- launchers ----------------------------------------------------------------------------
+// ---- per-slot coefficients: tile kernels ------------------------------------------------------
 
-template <typename scalar_t, typename Op>
-void map(const scalar_t* x, scalar_t* y, int64_t n, Op op, int device, cudaStream_t stream) {
-  if (n == 0) return;
-  constexpr int V = kVec<scalar_t>;
-  if (aligned16(x) && aligned16(y)) {
-    map_kernel<V><<<grid_for((n + V - 1) / V, device), kThreads, 0, stream>>>(x, y, n, op);
-  } else {
-    map_kernel<1><<<grid_for(n, device), kThreads, 0, stream>>>(x, y, n, op);
+// The geometry of a tiled call, as kernel arguments.
+struct TileArgs {
+  int64_t C, P, W, rows, rows_per_tile, seg, segs, slots_per_tile, col_tiles;
+};
+
+inline TileArgs tile_args(const Slots& s, const Tiling& t) {
+  return {s.C, s.P, t.W, t.rows, t.rows_per_tile, t.seg, t.segs, t.slots_per_tile, t.col_tiles};
+}
+
+// table[j * C + c]: coefficient j's value in slot c.
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    coef_table_kernel(CoefArgs<N> coefs, int64_t C, T* table,
+                      unsigned per_slot) {
+  const int64_t total = N * C;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int j = static_cast<int>(i / C);
+    const int64_t c = (per_slot >> j & 1u) ? i % C : 0;
+    const char* p = static_cast<const char*>(coefs.ptr[j]);
+    table[i] = p ? math::load<T>(p + c * math::dtype_size(coefs.dtype[j]), coefs.dtype[j])
+                 : T(coefs.value[j]);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, typename Op>
-void map2(const scalar_t* g, const scalar_t* v, scalar_t* out, int64_t n, Op op, int device,
-          cudaStream_t stream) {
-  if (n == 0) return;
-  constexpr int V = kVec<scalar_t>;
-  if (aligned16(g) && aligned16(v) && aligned16(out)) {
-    map2_kernel<V><<<grid_for((n + V - 1) / V, device), kThreads, 0, stream>>>(g, v, out, n, op);
-  } else {
-    map2_kernel<1><<<grid_for(n, device), kThreads, 0, stream>>>(g, v, out, n, op);
+// Runs: a block per tile (rows [r0, r1) of one segment of slot c's run); the segment's elements
+// are read V at a time when vec (every segment then starts on a 16-byte boundary).
+template <class Op, bool kBackward, int V, typename scalar_t, typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    run_tile_kernel(TileArgs a, const scalar_t* __restrict__ g, int64_t sg,
+                    const scalar_t* __restrict__ x, int64_t sx, scalar_t* __restrict__ out,
+                    const T* __restrict__ table, T* __restrict__ partial) {
+  using P = Pack<scalar_t, V>;
+  const int64_t t = blockIdx.x;
+  const int64_t s = t % a.segs, c = (t / a.segs) % a.C, rt = t / (a.segs * a.C);
+  const int64_t r0 = rt * a.rows_per_tile, r1 = min(a.rows, r0 + a.rows_per_tile);
+  const int64_t begin = c * a.P + s * a.seg, len = min(a.seg, a.P - s * a.seg);
+  T k[N > 0 ? N : 1], sums[N > 0 ? N : 1] = {};
+#pragma unroll
+  for (int j = 0; j < N; ++j) k[j] = table[j * a.C + c];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t e0 = r * a.W + begin;
+    for (int64_t i = threadIdx.x * V; i < len; i += int64_t{blockDim.x} * V) {
+      const int64_t e = e0 + i;
+      P xin, res;
+      if constexpr (V > 1) {
+        xin = *reinterpret_cast<const P*>(x + e);
+      } else {
+        xin.v[0] = x[e * sx];
+      }
+      if constexpr (kBackward) {
+        P gin;
+        if constexpr (V > 1) {
+          gin = *reinterpret_cast<const P*>(g + e);
+        } else {
+          gin.v[0] = g[e * sg];
+        }
+#pragma unroll
+        for (int u = 0; u < V; ++u) res.v[u] = backward_one<Op, T, N>(gin.v[u], xin.v[u], k, sums);
+      } else {
+#pragma unroll
+        for (int u = 0; u < V; ++u) res.v[u] = static_cast<scalar_t>(Op::forward(T(xin.v[u]), k));
+      }
+      *reinterpret_cast<P*>(out + e) = res;
+    }
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if constexpr (kBackward && N > 0) {
+    block_sum<N>(sums);
+    if (threadIdx.x == 0)
+      for (int j = 0; j < N; ++j) partial[t * N + j] = sums[j];
+  }
 }
 
-template <typename scalar_t, typename Op, typename acc_t = typename Op::acc_t>
-void map2_reduce4(const at::Tensor& like, const scalar_t* g, const scalar_t* x, scalar_t* dx,
-                  int64_t n, Op op, const math::CoefGrads& out, int device, cudaStream_t stream) {
-  constexpr int V = kVec<scalar_t>;
-  const bool vec = aligned16(g) && aligned16(x) && aligned16(dx);
-  const int64_t blocks = n == 0 ? 0 : grid_for(vec ? (n + V - 1) / V : n, device);
-  // The partials come from PyTorch's caching allocator: no cudaMalloc, no sync.
-  const at::Tensor partial =
-      at::empty({std::max<int64_t>(blocks, 1) * 4}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  acc_t* p = partial.mutable_data_ptr<acc_t>();
-  if (blocks > 0) {
-    if (vec) {
-      map2_reduce4_kernel<V><<<blocks, kThreads, 0, stream>>>(g, x, dx, n, op, p);
+// Columns: a block per tile (rows [r0, r1) of slots [c0, c1), ncols = (c1 - c0)·P columns, at
+// most kThreads·kColsPerThread). Thread t owns the columns t, t + kThreads, ... when there are at
+// least kThreads columns; else column t % ncols of every (kThreads / ncols)-th row, from row
+// r0 + t / ncols. Each slot's sum is then taken over its threads' sums in shared memory.
+constexpr int kColsPerThread = 4;
+constexpr int64_t kMaxTileCols = kThreads * kColsPerThread;
+
+template <class Op, bool kBackward, typename scalar_t, typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    col_tile_kernel(TileArgs a, const scalar_t* __restrict__ g, int64_t sg,
+                    const scalar_t* __restrict__ x, int64_t sx, scalar_t* __restrict__ out,
+                    const T* __restrict__ table, T* __restrict__ partial) {
+  extern __shared__ unsigned char shared_raw[];
+  T* shared = reinterpret_cast<T*>(shared_raw);  // [N][kMaxTileCols]
+  const int64_t ct = blockIdx.x % a.col_tiles, rt = blockIdx.x / a.col_tiles;
+  const int64_t c0 = ct * a.slots_per_tile, c1 = min(a.C, c0 + a.slots_per_tile);
+  const int64_t ncols = (c1 - c0) * a.P;
+  const int64_t r0 = rt * a.rows_per_tile, r1 = min(a.rows, r0 + a.rows_per_tile);
+  const int tid = threadIdx.x;
+  // lanes: threads per column; a thread's first column and row.
+  const int64_t lanes = ncols >= kThreads ? 1 : kThreads / ncols;
+  const int64_t col = ncols >= kThreads ? tid : tid % ncols, lane = ncols >= kThreads ? 0 : tid / ncols;
+  const bool active = lane < lanes;
+  T sums[kColsPerThread][N > 0 ? N : 1] = {};
+  if (active) {
+    for (int m = 0; m < kColsPerThread; ++m) {
+      const int64_t q = col + int64_t{m} * kThreads;
+      if (q >= ncols || (lanes > 1 && m > 0)) break;
+      const int64_t slot = c0 + q / a.P;
+      T k[N > 0 ? N : 1];
+#pragma unroll
+      for (int j = 0; j < N; ++j) k[j] = table[j * a.C + slot];
+      for (int64_t r = r0 + lane; r < r1; r += lanes) {
+        const int64_t e = r * a.W + c0 * a.P + q;
+        if constexpr (kBackward) {
+          out[e] = backward_one<Op, T, N>(g[e * sg], x[e * sx], k, sums[m]);
+        } else {
+          out[e] = static_cast<scalar_t>(Op::forward(T(x[e * sx]), k));
+        }
+      }
+    }
+  }
+  if constexpr (kBackward && N > 0) {
+    // Each thread's column sums into shared memory, at its (lane, column) place.
+    for (int m = 0; m < kColsPerThread; ++m) {
+      const int64_t q = col + int64_t{m} * kThreads;
+      if (!active || q >= ncols || (lanes > 1 && m > 0)) break;
+      for (int j = 0; j < N; ++j) shared[j * kMaxTileCols + lane * ncols + q] = sums[m][j];
+    }
+    __syncthreads();
+    // Thread i sums slot (i % slots) of coefficient (i / slots) over its lanes and P columns.
+    const int64_t slots = c1 - c0;
+    for (int64_t i = tid; i < N * slots; i += kThreads) {
+      const int j = static_cast<int>(i / slots);
+      const int64_t sl = i % slots;
+      T total = 0;
+      for (int64_t l = 0; l < lanes; ++l)
+        for (int64_t q = sl * a.P; q < (sl + 1) * a.P; ++q) total += shared[j * kMaxTileCols + l * ncols + q];
+      partial[(rt * N + j) * a.C + c0 + sl] = total;
+    }
+  }
+}
+
+// Each slot's sum over its tiles' partials, in a fixed order: slot_sums[j * C + c].
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    finish_slots_kernel(TileArgs a, bool runs, int64_t row_tiles, const T* __restrict__ partial,
+                        T* __restrict__ slot_sums) {
+  for (int64_t c = blockIdx.x; c < a.C; c += gridDim.x) {
+    T s[N] = {};
+    if (runs) {
+      const int64_t per_slot = row_tiles * a.segs;
+      for (int64_t i = threadIdx.x; i < per_slot; i += blockDim.x) {
+        const int64_t rt = i / a.segs, seg = i % a.segs;
+        for (int j = 0; j < N; ++j) s[j] += partial[((rt * a.C + c) * a.segs + seg) * N + j];
+      }
     } else {
-      map2_reduce4_kernel<1><<<blocks, kThreads, 0, stream>>>(g, x, dx, n, op, p);
+      for (int64_t rt = threadIdx.x; rt < row_tiles; rt += blockDim.x)
+        for (int j = 0; j < N; ++j) s[j] += partial[(rt * N + j) * a.C + c];
+    }
+    block_sum<N>(s);
+    if (threadIdx.x == 0)
+      for (int j = 0; j < N; ++j) slot_sums[j * a.C + c] = s[j];
+  }
+}
+
+// Each coefficient's gradient: its slots' sums, or (one element) their sum.
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    finish_coefs_kernel(int64_t C, const T* __restrict__ slot_sums, GradArgs<N> out) {
+  T s[N] = {};
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    for (int j = 0; j < N; ++j) {
+      const T v = slot_sums[j * C + c];
+      if (out.per_slot[j]) {
+        math::store(static_cast<char*>(out.ptr[j]) + c * math::dtype_size(out.dtype[j]),
+                    out.dtype[j], v);
+      } else {
+        s[j] += v;
+      }
+    }
+  }
+  block_sum<N>(s);
+  if (threadIdx.x == 0)
+    for (int j = 0; j < N; ++j)
+      if (!out.per_slot[j]) math::store(out.ptr[j], out.dtype[j], s[j]);
+}
+
+// ---- drivers ----------------------------------------------------------------------------------
+
+// Tiles for the tile kernels: ~16K elements; runs of 1024 elements or more tiled as runs; column
+// tiles of at most kMaxTileCols columns, 256 rows (each thread adds at most that many terms).
+constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/1024, /*seg=*/1 << 12,
+                               /*cols=*/kMaxTileCols, /*min_rows=*/1, /*max_rows=*/256};
+
+// An input as the kernels read it: its pointer and stride (1, or 0 when expanded from one
+// element). Other strides: a copy in the result's layout, kept alive in *copy.
+template <typename scalar_t>
+const scalar_t* readable(const Operand& o, const at::Tensor& t, const at::Tensor& out,
+                         at::Tensor* copy, int64_t* stride) {
+  *stride = o.kind == Operand::kBroadcast ? 0 : 1;
+  if (o.kind != Operand::kStrided) return static_cast<const scalar_t*>(o.data);
+  *copy = at::empty_like(out).copy_(t);
+  return copy->const_data_ptr<scalar_t>();
+}
+
+#define TORCHEXT_CUDA_DISPATCH(OP, TYPE, NAME, ...)                                       \
+  [&] {                                                                                   \
+    if constexpr (kIntegral<OP>) {                                                        \
+      AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__);      \
+    } else {                                                                              \
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__); \
+    }                                                                                     \
+  }()
+
+template <class Op>
+struct Kernels {
+  static constexpr int N = kNumCoefs<Op>;
+  using Coefs = std::array<at::Tensor, N>;
+
+  // The per-slot coefficient table on the device, [N][C] in T.
+  template <typename T>
+  static at::Tensor table_of(const Call& call, int device, cudaStream_t stream) {
+    const at::Tensor table = at::empty({N * call.slots.C},
+                                       call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
+    unsigned per_slot = 0;
+    for (int j = 0; j < N; ++j) per_slot |= call.coefs[j].per_slot ? 1u << j : 0u;
+    constexpr auto kernel = coef_table_kernel<T, N>;
+    coef_table_kernel<T, N><<<grid_for<kernel>(N * call.slots.C, device), kThreads, 0, stream>>>(
+        coef_args<N>(call), call.slots.C, table.mutable_data_ptr<T>(), per_slot);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return table;
+  }
+
+  // The tile kernels over the whole call (forward: partial is null).
+  template <bool kBackward, typename scalar_t, typename T>
+  static void launch_tiles(const Tiling& tl, const Slots& slots, const scalar_t* g, int64_t sg,
+                           const scalar_t* x, int64_t sx, scalar_t* out, const T* table,
+                           T* partial, cudaStream_t stream) {
+    constexpr int V = kVec<scalar_t>;
+    const TileArgs a = tile_args(slots, tl);
+    if (tl.runs) {
+      const bool vec = V > 1 && sx == 1 && (!kBackward || sg == 1) && aligned16(x) &&
+                       aligned16(out) && (!kBackward || aligned16(g)) && slots.P % V == 0 &&
+                       tl.seg % V == 0;
+      if (vec) {
+        run_tile_kernel<Op, kBackward, V, scalar_t, T, N>
+            <<<tl.tiles, kThreads, 0, stream>>>(a, g, sg, x, sx, out, table, partial);
+      } else {
+        run_tile_kernel<Op, kBackward, 1, scalar_t, T, N>
+            <<<tl.tiles, kThreads, 0, stream>>>(a, g, sg, x, sx, out, table, partial);
+      }
+    } else {
+      const size_t shared = kBackward ? size_t{N} * kMaxTileCols * sizeof(T) : 0;
+      col_tile_kernel<Op, kBackward, scalar_t, T, N>
+          <<<tl.tiles, kThreads, shared, stream>>>(a, g, sg, x, sx, out, table, partial);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  finalize4_kernel<<<1, kThreads, 0, stream>>>(p, blocks, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
 
-// ---- drivers: dispatch on dtype and launch over what common.h prepared --------------------
-// The CUDA twins of cpu/loops.h's drivers; cuda/<op>.cu only names its functor.
-
-#define TORCHEXT_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-using Grads5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
-// Runs launch(device, stream) with x's device current.
-template <typename F>
-void on_device_of(const at::Tensor& x, F launch) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  launch(x.get_device(), c10::cuda::getCurrentCUDAStream(x.get_device()).stream());
-}
-
-template <template <typename> class Op>
-at::Tensor unary_forward(const char* op, const at::Tensor& x) {
-  Forward f = prepare_forward(op, x);
-  on_device_of(f.x, [&](int dev, cudaStream_t s) {
-    TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-      map(f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(), f.x.numel(),
-          Op<scalar_t>{}, dev, s);
+  static at::Tensor forward(const at::Tensor& x, const Coefs& coefs) {
+    Call call = prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
+                                kIntegral<Op>);
+    if (call.numel == 0) return call.out;
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int device = x.get_device();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+    TORCHEXT_CUDA_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
+      using T = compute_t<Op, scalar_t>;
+      at::Tensor x_copy;
+      int64_t sx;
+      const scalar_t* xp = readable<scalar_t>(call.x, x, call.out, &x_copy, &sx);
+      scalar_t* y = call.out.mutable_data_ptr<scalar_t>();
+      const int64_t n = call.numel;
+      if (call.slots.C == 1) {
+        constexpr int V = kVec<scalar_t>;
+        if (V > 1 && sx == 1 && aligned16(xp) && aligned16(y)) {
+          constexpr auto kernel = map_kernel<Op, V, scalar_t, T, N>;
+          kernel<<<grid_for<kernel>(n / V, device), kThreads, 0, stream>>>(xp, sx, y, n,
+                                                                             coef_args<N>(call));
+        } else {
+          constexpr auto kernel = map_kernel<Op, 1, scalar_t, T, N>;
+          kernel<<<grid_for<kernel>(n, device), kThreads, 0, stream>>>(xp, sx, y, n,
+                                                                         coef_args<N>(call));
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+      if constexpr (N > 0) {
+        const at::Tensor table = table_of<T>(call, device, stream);
+        const Tiling tl = make_tiling(n, call.slots, kTileSizes);
+        launch_tiles<false>(tl, call.slots, static_cast<const scalar_t*>(nullptr), 0, xp, sx, y,
+                            table.const_data_ptr<T>(), static_cast<T*>(nullptr), stream);
+      }
     });
-  });
-  return f.y;
-}
+    return call.out;
+  }
 
-template <template <typename> class Op>
-at::Tensor unary_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,
-                          const char* v_name) {
-  Backward bw = prepare_backward(op, grad, v, v_name);
-  on_device_of(bw.v, [&](int dev, cudaStream_t s) {
-    TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-      map2(bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-           bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{}, dev, s);
-    });
-  });
-  return bw.dx;
-}
+  static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
+                                                const Coefs& coefs) {
+    Call call = prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
+                                 {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
+    if (call.numel > 0) {
+      const c10::cuda::CUDAGuard guard(v.device());
+      const int device = v.get_device();
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "torchext", [&] {
+        using T = compute_t<Op, scalar_t>;
+        at::Tensor v_copy, g_copy;
+        int64_t sv, sg;
+        const scalar_t* vp = readable<scalar_t>(call.x, v, call.out, &v_copy, &sv);
+        const scalar_t* gp = readable<scalar_t>(call.g, grad, call.out, &g_copy, &sg);
+        scalar_t* dx = call.out.mutable_data_ptr<scalar_t>();
+        if (call.slots.C == 1) {
+          flat_backward<scalar_t, T>(call, gp, sg, vp, sv, dx, device, stream);
+        } else if constexpr (N > 0) {
+          tiled_backward<scalar_t, T>(call, gp, sg, vp, sv, dx, device, stream);
+        }
+      });
+      finish_backward(call);
+    }
+    std::array<at::Tensor, N + 1> out;
+    out[0] = call.out;
+    for (int i = 0; i < N; ++i) out[i + 1] = call.grads[i];
+    return out;
+  }
 
-template <template <typename> class Op>
-at::Tensor coef_forward(const char* op, const at::Tensor& x, const at::Tensor& a,
-                        const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
-  Forward f = prepare_forward(op, x, a, b, c, d);
-  on_device_of(f.x, [&](int dev, cudaStream_t s) {
-    TORCHEXT_DISPATCH_FLOATING(f.x.scalar_type(), "torchext", [&] {
-      map(f.x.const_data_ptr<scalar_t>(), f.y.mutable_data_ptr<scalar_t>(), f.x.numel(),
-          Op<scalar_t>{{f.coefs}}, dev, s);
-    });
-  });
-  return f.y;
-}
+  template <typename scalar_t, typename T>
+  static void flat_backward(Call& call, const scalar_t* g, int64_t sg, const scalar_t* v,
+                            int64_t sv, scalar_t* dx, int device, cudaStream_t stream) {
+    constexpr int V = kVec<scalar_t>;
+    const int64_t n = call.numel;
+    const bool vec = V > 1 && sg == 1 && sv == 1 && aligned16(g) && aligned16(v) && aligned16(dx);
+    constexpr auto vec_kernel = map2_kernel<Op, V, scalar_t, T, N>;
+    constexpr auto scalar_kernel = map2_kernel<Op, 1, scalar_t, T, N>;
+    const int64_t blocks = vec ? grid_for<vec_kernel>(n / V, device)
+                               : grid_for<scalar_kernel>(n, device);
+    // The partials come from PyTorch's caching allocator: no cudaMalloc, no sync.
+    at::Tensor partial;
+    T* p = nullptr;
+    if constexpr (N > 0) {
+      partial = at::empty({blocks * N}, call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
+      p = partial.mutable_data_ptr<T>();
+    }
+    (vec ? vec_kernel : scalar_kernel)<<<blocks, kThreads, 0, stream>>>(g, sg, v, sv, dx, n,
+                                                                        coef_args<N>(call), p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if constexpr (N > 0) {
+      finish_flat_kernel<T, N><<<1, kThreads, 0, stream>>>(p, blocks, grad_args<N>(call));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
 
-template <template <typename> class Op>
-Grads5 coef_backward(const char* op, const at::Tensor& grad, const at::Tensor& x,
-                     const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
-                     const at::Tensor& d) {
-  Backward bw = prepare_backward(op, grad, x, a, b, c, d);
-  on_device_of(bw.v, [&](int dev, cudaStream_t s) {
-    TORCHEXT_DISPATCH_FLOATING(bw.v.scalar_type(), "torchext", [&] {
-      map2_reduce4(bw.v, bw.g.const_data_ptr<scalar_t>(), bw.v.const_data_ptr<scalar_t>(),
-                   bw.dx.mutable_data_ptr<scalar_t>(), bw.v.numel(), Op<scalar_t>{{bw.coefs}},
-                   bw.coef_out, dev, s);
-    });
-  });
-  auto& cg = bw.coef_grads;
-  return {bw.dx, cg[0], cg[1], cg[2], cg[3]};
-}
+  template <typename scalar_t, typename T>
+  static void tiled_backward(Call& call, const scalar_t* g, int64_t sg, const scalar_t* v,
+                             int64_t sv, scalar_t* dx, int device, cudaStream_t stream) {
+    const at::Tensor table = table_of<T>(call, device, stream);
+    const Tiling tl = make_tiling(call.numel, call.slots, kTileSizes);
+    const auto options = call.out.options().dtype(c10::CppTypeToScalarType<T>::value);
+    const at::Tensor partial = at::empty({tl.partials * N}, options);
+    const at::Tensor slot_sums = at::empty({N * call.slots.C}, options);
+    launch_tiles<true>(tl, call.slots, g, sg, v, sv, dx, table.const_data_ptr<T>(),
+                       partial.mutable_data_ptr<T>(), stream);
+    const TileArgs a = tile_args(call.slots, tl);
+    const int64_t grid = std::min<int64_t>(call.slots.C, 65535);
+    finish_slots_kernel<T, N><<<grid, kThreads, 0, stream>>>(
+        a, tl.runs, tl.row_tiles, partial.const_data_ptr<T>(), slot_sums.mutable_data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    finish_coefs_kernel<T, N><<<1, kThreads, 0, stream>>>(
+        call.slots.C, slot_sums.const_data_ptr<T>(), grad_args<N>(call));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
 }  // namespace cuda
 }  // namespace torchext

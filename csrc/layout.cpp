@@ -1,0 +1,379 @@
+#include "layout.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty_strided.h>
+#include <c10/util/Exception.h>
+#include <c10/util/SmallVector.h>
+
+#include <algorithm>
+#include <numeric>
+
+namespace torchext {
+namespace {
+
+using DimList = c10::SmallVector<int, 8>;
+
+bool is_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+math::Dtype code_of(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return math::Dtype::Half;
+    case at::kBFloat16: return math::Dtype::BFloat16;
+    case at::kFloat: return math::Dtype::Float;
+    default: return math::Dtype::Double;
+  }
+}
+
+constexpr const char* kFloats = "float16, bfloat16, float32 or float64";
+constexpr const char* kShapes =
+    "a coefficient is a number or a tensor whose shape broadcasts to x's without enlarging it: "
+    "one element, per channel (C,) on [..., C] or (C, 1, 1) on [N, C, H, W], per group (G, 1) "
+    "on [..., G, C/G]";
+
+// ---- checks ---------------------------------------------------------------------------------
+
+void check_dense(const char* op, const char* what, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(!t.is_nested() && t.layout() == at::kStrided && !t.is_quantized(), op, ": ",
+                   what, "'", name, "' must be a dense (strided) tensor, got ",
+                   t.is_nested() ? "a nested tensor" : t.is_quantized() ? "a quantized tensor" : "",
+                   t.is_nested() || t.is_quantized() ? "" : c10::str(t.layout()));
+}
+
+// x (or the saved result, or the gradient): a defined, dense floating tensor (or integer, where
+// the op takes integers).
+void check_input(const char* op, const char* name, const at::Tensor& t, bool integral) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": '", name, "' is undefined");
+  check_dense(op, "", name, t);
+  const auto dt = t.scalar_type();
+  const bool ok = is_float(dt) || (integral && at::isIntegralType(dt, /*includeBool=*/false));
+  TORCH_CHECK_TYPE(ok, op, ": '", name, "' must be a ", kFloats, integral ? " or integer" : "",
+                   " tensor, got ", dt);
+}
+
+// t has v's shape, dtype and device (a gradient).
+void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& v) {
+  check_input(op, name, t, /*integral=*/false);
+  TORCH_CHECK_VALUE(t.sizes() == v.sizes(), op, ": '", name, "' has shape ", t.sizes(),
+                    " but x has shape ", v.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == v.scalar_type(), op, ": '", name, "' has dtype ",
+                   t.scalar_type(), " but x has dtype ", v.scalar_type());
+  TORCH_CHECK(t.device() == v.device(), op, ": '", name, "' is on ", t.device(), " but x is on ",
+              v.device());
+}
+
+bool is_host_scalar(const at::Tensor& c, const at::Tensor& x) {
+  return c.dim() == 0 && c.is_cpu() && !x.is_cpu();
+}
+
+void check_coef(const char* op, const char* name, const at::Tensor& c, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(c.defined(), op, ": coefficient '", name, "' is undefined");
+  check_dense(op, "coefficient ", name, c);
+  TORCH_CHECK_TYPE(is_float(c.scalar_type()), op, ": coefficient '", name,
+                   "' must be a number or a ", kFloats, " tensor, got ", c.scalar_type());
+  TORCH_CHECK(c.device() == x.device() || is_host_scalar(c, x), op, ": coefficient '", name,
+              "' is on ", c.device(), " but x is on ", x.device(),
+              "; a coefficient must be on x's device (or be a 0-dim CPU tensor)");
+  bool fits = c.dim() <= x.dim();
+  for (int64_t d = 0; fits && d < c.dim(); ++d) {
+    const int64_t s = c.size(d), xs = x.size(x.dim() - c.dim() + d);
+    fits = s == 1 || s == xs;
+  }
+  TORCH_CHECK_VALUE(fits, op, ": coefficient '", name, "' of shape ", c.sizes(),
+                    " does not broadcast to x's shape ", x.sizes(), " without enlarging it (",
+                    kShapes, ")");
+}
+
+// ---- the result's layout ------------------------------------------------------------------------
+
+// x's dims from outermost to innermost, as TensorIterator orders them for an elementwise op: by
+// stride, a broadcast (stride-0) dim compared with nothing, ties to the smaller size inside.
+DimList stride_order(const at::Tensor& x) {
+  const int n = static_cast<int>(x.dim());
+  DimList perm(n);  // innermost first while sorting
+  std::iota(perm.rbegin(), perm.rend(), 0);
+  auto should_swap = [&](int d0, int d1) {
+    const int64_t s0 = x.stride(d0), s1 = x.stride(d1);
+    if (s0 == 0 || s1 == 0) return 0;
+    if (s0 != s1) return s0 < s1 ? -1 : 1;
+    return x.size(d0) > x.size(d1) ? 1 : 0;
+  };
+  for (int i = 1; i < n; ++i) {
+    int d1 = i;
+    for (int d0 = i - 1; d0 >= 0; --d0) {
+      const int cmp = should_swap(perm[d0], perm[d1]);
+      if (cmp > 0) {
+        std::swap(perm[d0], perm[d1]);
+        d1 = d0;
+      } else if (cmp < 0) {
+        break;
+      }
+    }
+  }
+  std::reverse(perm.begin(), perm.end());
+  return perm;
+}
+
+// A new tensor laid out as torch's elementwise ops lay out their result for x: x's strides when x
+// is dense (contiguous and channels_last in their standard form), else dense in x's stride order.
+at::Tensor empty_like_elementwise(const at::Tensor& x, const at::TensorOptions& options) {
+  if (x.is_contiguous()) return at::empty(x.sizes(), options);
+  if (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return at::empty(x.sizes(), options.memory_format(at::MemoryFormat::ChannelsLast));
+  }
+  if (x.is_non_overlapping_and_dense()) return at::empty_strided(x.sizes(), x.strides(), options);
+  const DimList order = stride_order(x);
+  c10::SmallVector<int64_t, 8> strides(x.dim());
+  int64_t next = 1;
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    strides[*it] = next;
+    next *= x.size(*it);
+  }
+  return at::empty_strided(x.sizes(), strides, options);
+}
+
+// The result's non-1 dims, outermost first (the result is dense: its strides order them).
+DimList memory_order(const at::Tensor& out) {
+  DimList dims;
+  for (int d = 0; d < out.dim(); ++d)
+    if (out.size(d) != 1) dims.push_back(d);
+  std::stable_sort(dims.begin(), dims.end(),
+                   [&](int a, int b) { return out.stride(a) > out.stride(b); });
+  return dims;
+}
+
+// ---- coefficients: which block of x's dims they vary along ---------------------------------------
+
+// Coefficient dims right-aligned against x: [lo, hi) spans the non-1 ones; exact when every dim
+// in between has x's size (so the coefficient's elements are the block's, in order).
+struct Span {
+  int lo = 0, hi = 0;
+  bool exact = true;
+  bool scalar() const { return lo == hi; }
+};
+
+Span span_of(const at::Tensor& c, const at::Tensor& x) {
+  const int off = static_cast<int>(x.dim() - c.dim());
+  Span s{static_cast<int>(x.dim()), 0, true};
+  for (int d = 0; d < c.dim(); ++d) {
+    if (c.size(d) != 1) {
+      s.lo = std::min(s.lo, d + off);
+      s.hi = std::max(s.hi, d + off + 1);
+    }
+  }
+  if (s.hi == 0) return Span{};
+  for (int d = s.lo; d < s.hi; ++d) s.exact &= c.size(d - off) == x.size(d);
+  return s;
+}
+
+struct Block {
+  int lo = 0, hi = 0;  // x's dims [lo, hi); empty when every coefficient has one element
+  int64_t C = 1;
+};
+
+// The block of the coefficients' spans: their union; a coefficient whose span is not exactly
+// the block is expanded to it (the fused kernels see the block alone).
+Block block_of(const Span* spans, int n, const at::Tensor& x) {
+  Block b{static_cast<int>(x.dim()), 0, 1};
+  for (int i = 0; i < n; ++i) {
+    if (spans[i].scalar()) continue;
+    b.lo = std::min(b.lo, spans[i].lo);
+    b.hi = std::max(b.hi, spans[i].hi);
+  }
+  if (b.hi == 0) return Block{};
+  for (int d = b.lo; d < b.hi; ++d) b.C *= x.size(d);
+  return b;
+}
+
+bool needs_expansion(const Span& s, const Block& b) {
+  return !s.scalar() && (s.lo != b.lo || s.hi != b.hi || !s.exact);
+}
+
+// The block's elements in the result's memory order: its non-1 dims must come together and in
+// order there. P: the result's stride at the block's innermost non-1 dim.
+bool block_in_order(const DimList& order, const Block& b, const at::Tensor& out, int64_t* P) {
+  int prev = -1;
+  int64_t p = 1;
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int d = order[k];
+    if (d < b.lo || d >= b.hi) continue;
+    if (prev >= 0 && (d <= prev || order[k - 1] != prev)) return false;
+    prev = d;
+    p = out.stride(d);
+  }
+  *P = p;
+  return true;
+}
+
+// ---- inputs -----------------------------------------------------------------------------------
+
+Operand operand_of(const at::Tensor& t, const at::Tensor& out, const DimList& order,
+                   at::Tensor* keep) {
+  Operand o;
+  o.data = t.const_data_ptr();
+  bool dense = true, zero = true;
+  for (int d : order) {
+    dense &= t.stride(d) == out.stride(d);
+    zero &= t.stride(d) == 0;
+  }
+  if (dense) return o;
+  if (zero) {
+    o.kind = Operand::kBroadcast;
+    return o;
+  }
+  o.kind = Operand::kStrided;
+  for (int d : order) {
+    const int64_t size = t.size(d), stride = t.stride(d);
+    if (o.ndim > 0 && o.stride[o.ndim - 1] == stride * size) {
+      o.size[o.ndim - 1] *= size;
+      o.stride[o.ndim - 1] = stride;
+      o.ostride[o.ndim - 1] = out.stride(d);
+      continue;
+    }
+    if (o.ndim == kMaxDims) {  // more strided dims than a kernel walks: read a copy
+      *keep = at::empty_like(out).copy_(t);
+      return Operand{Operand::kDense, keep->const_data_ptr()};
+    }
+    o.size[o.ndim] = size;
+    o.stride[o.ndim] = stride;
+    o.ostride[o.ndim] = out.stride(d);
+    ++o.ndim;
+  }
+  return o;
+}
+
+// The shape of coefficient values laid out over the block: x's sizes there, 1 elsewhere.
+c10::SmallVector<int64_t, 8> block_shape(const at::Tensor& x, const Block& b) {
+  c10::SmallVector<int64_t, 8> shape(x.dim(), 1);
+  for (int d = b.lo; d < b.hi; ++d) shape[d] = x.size(d);
+  return shape;
+}
+
+// The common part of a forward and a backward: checks the coefficients, places the result, and
+// says how the kernels read x (v) and the coefficients. reads: which coefficient values are read.
+Call prepare(const char* op, const at::Tensor& v, CoefArgs coefs, unsigned reads,
+             const at::ScalarType out_dtype, Span* spans) {
+  TORCH_CHECK(coefs.n <= kMaxCoefs, op, ": too many coefficients");
+  Call call;
+  call.op = op;
+  call.ncoefs = coefs.n;
+  call.numel = v.numel();
+  for (int i = 0; i < coefs.n; ++i) {
+    check_coef(op, coefs.names[i], coefs.tensors[i], v);
+    spans[i] = span_of(coefs.tensors[i], v);
+  }
+  const Block block = block_of(spans, coefs.n, v);
+  const auto options = v.options().dtype(out_dtype);
+  call.out = empty_like_elementwise(v, options);
+  DimList order = memory_order(call.out);
+  if (block.C > 1 && !block_in_order(order, block, call.out, &call.slots.P)) {
+    call.out = at::empty(v.sizes(), options);  // a layout that splits the block: row-major
+    order = memory_order(call.out);
+    block_in_order(order, block, call.out, &call.slots.P);
+  }
+  call.slots.C = block.C;
+  if (call.numel == 0) return call;
+  call.x = operand_of(v, call.out, order, &call.kept[kMaxCoefs]);
+  for (int i = 0; i < coefs.n; ++i) {
+    const at::Tensor& c = coefs.tensors[i];
+    CoefSource& src = call.coefs[i];
+    src.per_slot = !spans[i].scalar();
+    if (!(reads >> i & 1u)) continue;  // its value is never read: the source stays 0
+    if (!src.per_slot && is_host_scalar(c, v)) {
+      src.host_value = c.item<double>();  // a CPU tensor: no device sync
+      continue;
+    }
+    at::Tensor values = c;
+    if (needs_expansion(spans[i], block)) {
+      values = c.expand(block_shape(v, block)).contiguous();
+    } else if (src.per_slot) {
+      values = c.contiguous();
+    }
+    call.kept[i] = values;  // keeps a copy alive for the kernels
+    src.data = values.const_data_ptr();
+    src.dtype = code_of(values.scalar_type());
+  }
+  return call;
+}
+
+}  // namespace
+
+Call prepare_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral) {
+  check_input(op, "x", x, integral);
+  Span spans[kMaxCoefs];
+  return prepare(op, x, coefs, ~0u, x.scalar_type(), spans);
+}
+
+Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,
+                      const char* v_name, CoefArgs coefs, unsigned reads) {
+  check_input(op, v_name, v, /*integral=*/false);
+  check_like(op, "grad", grad, v);
+  Span spans[kMaxCoefs];
+  Call call = prepare(op, v, coefs, reads, v.scalar_type(), spans);
+  const Block block = block_of(spans, coefs.n, v);
+  for (int i = 0; i < coefs.n; ++i) {
+    const at::Tensor& c = coefs.tensors[i];
+    const auto options = c.options().device(v.device());
+    call.grads[i] = at::empty(c.sizes(), options);
+    call.grad_per_slot[i] = !spans[i].scalar();
+    call.kernel_grads[i] = call.grads[i];
+    if (needs_expansion(spans[i], block)) {
+      // Summed per slot in op-math precision here, over the dims the block adds by
+      // finish_backward.
+      const bool wide = c.scalar_type() == at::kDouble || v.scalar_type() == at::kDouble;
+      call.kernel_grads[i] =
+          at::empty(block_shape(v, block), options.dtype(wide ? at::kDouble : at::kFloat));
+    }
+    if (call.numel == 0) call.grads[i].zero_();
+  }
+  if (call.numel > 0) {
+    call.g = operand_of(grad, call.out, memory_order(call.out), &call.kept[kMaxCoefs + 1]);
+  }
+  return call;
+}
+
+void finish_backward(Call& call) {
+  if (call.numel == 0) return;
+  for (int i = 0; i < call.ncoefs; ++i) {
+    if (call.kernel_grads[i].is_same(call.grads[i])) continue;
+    call.grads[i].copy_(call.kernel_grads[i].sum_to_size(call.grads[i].sizes()));
+  }
+}
+
+// ---- tiles ------------------------------------------------------------------------------------
+
+namespace {
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+}  // namespace
+
+Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
+  Tiling t;
+  if (numel == 0) return t;
+  const int64_t C = slots.C, P = C == 1 ? numel : slots.P;
+  t.W = C * P;
+  t.rows = numel / t.W;
+  t.runs = C == 1 || P >= sizes.min_run;
+  if (t.runs) {
+    t.seg = std::min(sizes.seg, P);
+    t.segs = ceil_div(P, t.seg);
+    t.rows_per_tile = std::clamp<int64_t>(sizes.target / t.seg, 1, t.rows);
+    t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
+    t.tiles = t.row_tiles * C * t.segs;
+    t.partials = t.tiles;
+  } else {
+    t.slots_per_tile = std::clamp<int64_t>(sizes.cols / P, 1, C);
+    t.col_tiles = ceil_div(C, t.slots_per_tile);
+    const int64_t cols = t.slots_per_tile * P;
+    // At least min_rows rows: a tile's partial sums (N·slots) stay small beside its elements.
+    const int64_t rows = std::max(sizes.target / cols, sizes.min_rows);
+    t.rows_per_tile = std::clamp<int64_t>(rows, 1, std::min(sizes.max_rows, t.rows));
+    t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
+    t.tiles = t.row_tiles * t.col_tiles;
+    t.partials = t.row_tiles * C;
+  }
+  return t;
+}
+
+}  // namespace torchext

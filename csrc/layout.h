@@ -1,0 +1,114 @@
+// Host-side preparation shared by every kernel, CPU and CUDA: the input checks (in one place, so
+// every op and backend reports bad input in the same words), the result's layout, how each input
+// is read, which coefficient value each element takes, and the tiles the backward's sums are
+// split into. A kernel calls prepare_*, dispatches on dtype and runs its loops over the Call.
+//
+// The model every loop works in: the result is dense, and its elements are visited in its
+// memory order as a flat index e in [0, numel). An input is read at e in place: x and the
+// gradient may have any strides, including 0 (expanded), and are never copied (except on CUDA,
+// where strides other than the result's or all-zero are copied once: see cuda/loops.cuh).
+// Coefficients: each is one value, or one value per *slot*, where slot(e) = (e / P) % C: the
+// coefficients' non-1 dims (right-aligned against x) form one block of x's dims, which the
+// result's memory order keeps together (C elements of the block, P the result's stride there).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "math.h"
+
+namespace torchext {
+
+constexpr int kMaxCoefs = 8;
+constexpr int kMaxDims = 16;
+
+// How a kernel reads an input (x, the saved result, or the gradient) at the flat index e.
+struct Operand {
+  enum Kind : int8_t { kDense, kBroadcast, kStrided };
+  Kind kind = kDense;    // kDense: at data + e (the result's strides); kBroadcast: at data
+  const void* data = nullptr;
+  // kStrided: the input's dims in the result's memory order, outermost first, coalesced; the
+  // element e is at data + Σ_d ((e / ostride[d]) % size[d]) · stride[d].
+  int ndim = 0;
+  int64_t size[kMaxDims] = {}, stride[kMaxDims] = {}, ostride[kMaxDims] = {};
+};
+
+// The coefficient slot of the element at flat index e: (e / P) % C.
+struct Slots {
+  int64_t C = 1, P = 1;
+};
+
+// Where the kernels read coefficient i: one value, or C values (one per slot) contiguous.
+struct CoefSource {
+  const void* data = nullptr;  // nullptr: host_value (a 0-dim CPU tensor with a CUDA x, or a
+                               // coefficient whose value the backward does not read)
+  math::Dtype dtype = math::Dtype::Float;
+  bool per_slot = false;
+  double host_value = 0;
+};
+
+// One operator call, prepared.
+struct Call {
+  const char* op = nullptr;
+  int ncoefs = 0;
+  int64_t numel = 0;
+  at::Tensor out;  // the result, or dx
+  Operand x, g;    // x: the input the formula reads (x, or the saved result); g: the gradient
+  Slots slots;
+  CoefSource coefs[kMaxCoefs];
+  // Copies the kernels read instead of the arguments: coefficient i's (contiguous or expanded) at
+  // i, x's and the gradient's (only when strided beyond kMaxDims) at kMaxCoefs and kMaxCoefs + 1.
+  at::Tensor kept[kMaxCoefs + 2];
+  // Backward: the kernels write kernel_grads[i] (C values if per_slot[i], else one, each in its
+  // dtype); finish_backward turns them into grads[i], shaped and typed like coefficient i.
+  at::Tensor grads[kMaxCoefs], kernel_grads[kMaxCoefs];
+  bool grad_per_slot[kMaxCoefs] = {};
+};
+
+// The coefficient arguments of a call: their tensors and names.
+struct CoefArgs {
+  const at::Tensor* tensors;
+  const char* const* names;
+  int n;
+};
+
+// integral: x may also be an integer tensor (ReLU).
+Call prepare_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral = false);
+// v: what the forward saved (v_name: "x", or "result"); reads: a bit per coefficient whose value
+// the backward reads (the others only give their gradient's shape and dtype).
+Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,
+                      const char* v_name, CoefArgs coefs, unsigned reads);
+// After the kernels: the gradients of coefficients that were expanded for the kernels, summed
+// back to their shapes.
+void finish_backward(Call& call);
+
+// ---- tiles of the backward's sums --------------------------------------------------------------
+// The elements, in memory order, are rows × W with W = C·P: a row holds every slot once, each as
+// a run of P elements. Either
+//   runs:    a tile is rows [r0, r1) of one segment of one slot's run (long runs, C == 1 too):
+//            tile t = (row tile · C + slot) · segs + segment; its partial sums: [N] at t·N
+//   columns: a tile is rows [r0, r1) of the columns of slots_per_tile whole slots (short runs);
+//            its partial sums: [N][C] at row tile·N·C, the tile's slots in place.
+// Both depend only on the shapes (never on thread counts): the sums are deterministic.
+struct Tiling {
+  bool runs = true;
+  int64_t W = 0, rows = 0, rows_per_tile = 1, row_tiles = 0;
+  int64_t seg = 0, segs = 0;                    // runs
+  int64_t slots_per_tile = 0, col_tiles = 0;    // columns
+  int64_t tiles = 0;
+  int64_t partials = 0;  // partial sums per coefficient
+};
+
+struct TileSizes {
+  int64_t target;   // elements a tile should hold
+  int64_t min_run;  // runs of P >= min_run elements are tiled as runs
+  int64_t seg;      // longest segment of a run
+  int64_t cols;     // most columns in a column tile (whole slots)
+  int64_t min_rows; // fewest rows in a column tile (when there are as many)
+  int64_t max_rows; // most rows in a column tile
+};
+
+Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes);
+
+}  // namespace torchext

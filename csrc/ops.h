@@ -1,0 +1,130 @@
+// The op table: the one list of torchext's C++ ops. The schemas (ops.cpp), the CPU kernels
+// (cpu/kernels.cpp), the CUDA kernels (cuda/kernels.cu) and the derivatives (autograd.cpp) are
+// each registered by walking it, so adding an op is its struct in math.h, its row here, and its
+// second-order formula in autograd.cpp. X(name, Op): torch.ops.torchext.<name> and
+// <name>_backward, with the math of math::Op.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "math.h"
+
+#define TORCHEXT_OPS(X)                   \
+  X(cubic, Cubic)                         \
+  X(legendre_p3, LegendreP3)              \
+  X(affine_legendre_p3, AffineLegendreP3) \
+  X(relu, ReLU)
+
+namespace torchext {
+
+// ---- what an op declares, with the defaults of the optional members ---------------------------
+
+// Its names, from its row: OpName<math::Cubic>::kName is "cubic"; kQualified ("torchext.cubic")
+// is how error messages name it.
+template <class Op>
+struct OpName;
+#define TORCHEXT_OP_NAME(name, Op)                                    \
+  template <>                                                         \
+  struct OpName<math::Op> {                                           \
+    static constexpr const char* kName = #name;                       \
+    static constexpr const char* kQualified = "torchext." #name;      \
+  };
+TORCHEXT_OPS(TORCHEXT_OP_NAME)
+#undef TORCHEXT_OP_NAME
+
+template <class Op>
+constexpr int kNumCoefs = static_cast<int>(Op::kCoefs.size());
+
+#define TORCHEXT_TRAIT(TRAIT, TYPE, DEFAULT)                                        \
+  template <class Op, typename = void>                                            \
+  constexpr TYPE TRAIT = DEFAULT;                                                 \
+  template <class Op>                                                             \
+  constexpr TYPE TRAIT<Op, std::void_t<decltype(Op::TRAIT)>> = Op::TRAIT;
+
+TORCHEXT_TRAIT(kSavesResult, bool, false)
+TORCHEXT_TRAIT(kOnStoredType, bool, false)
+TORCHEXT_TRAIT(kIntegral, bool, false)
+TORCHEXT_TRAIT(kBackwardReads, unsigned, ~0u)
+#undef TORCHEXT_TRAIT
+
+// The name of what the backward reads besides the gradient.
+template <class Op>
+constexpr const char* kSavedName = kSavesResult<Op> ? "result" : "x";
+
+// ---- the operators' C++ signatures, from the number of coefficients ---------------------------
+// Forward:  Tensor (const Tensor& x, const Tensor& c0, ...)
+// Backward: Tensor (const Tensor& grad, const Tensor& v) without coefficients, else
+//           tuple<Tensor dx, Tensor dc0, ...> (const Tensor& grad, const Tensor& v, const Tensor& c0, ...)
+
+// (Struct members rather than alias templates: nvcc's front end drops an alias template's unused
+// parameter, and the packs below would then expand nothing.)
+template <size_t>
+struct Each {
+  using Arg = const at::Tensor&;
+  using Out = at::Tensor;
+};
+
+template <class Op, class Seq = std::make_index_sequence<kNumCoefs<Op>>>
+struct Signature;
+
+template <class Op, size_t... I>
+struct Signature<Op, std::index_sequence<I...>> {
+  static constexpr int N = sizeof...(I);
+  using Coefs = std::array<at::Tensor, N>;
+  using BackwardResult =
+      std::conditional_t<N == 0, at::Tensor, std::tuple<at::Tensor, typename Each<I>::Out...>>;
+  using Forward = at::Tensor(const at::Tensor&, typename Each<I>::Arg...);
+  using Backward = BackwardResult(const at::Tensor&, const at::Tensor&, typename Each<I>::Arg...);
+
+  // The operator kernels of a backend: Impl::forward(x, coefs) and Impl::backward(grad, v, coefs)
+  // -> std::array<Tensor, N + 1>, bound to the schema's signature.
+  template <class Impl>
+  static at::Tensor forward(const at::Tensor& x, typename Each<I>::Arg... c) {
+    return Impl::forward(x, Coefs{c...});
+  }
+  template <class Impl>
+  static BackwardResult backward(const at::Tensor& grad, const at::Tensor& v, typename Each<I>::Arg... c) {
+    return pack(Impl::backward(grad, v, Coefs{c...}));
+  }
+  static BackwardResult pack(std::array<at::Tensor, N + 1> out) {
+    if constexpr (N == 0) {
+      return std::move(out[0]);
+    } else {
+      return {std::move(out[0]), std::move(out[I + 1])...};
+    }
+  }
+  static std::array<at::Tensor, N + 1> unpack(BackwardResult r) {
+    if constexpr (N == 0) {
+      return {std::move(r)};
+    } else {
+      return {std::move(std::get<0>(r)), std::move(std::get<I + 1>(r))...};
+    }
+  }
+};
+
+// "cubic(Tensor x, Tensor a, Tensor b, Tensor c, Tensor d) -> Tensor"
+template <class Op>
+std::string forward_schema(const std::string& name) {
+  std::string s = name + "(Tensor x";
+  for (const char* c : Op::kCoefs) s += std::string(", Tensor ") + c;
+  return s + ") -> Tensor";
+}
+
+// "cubic_backward(Tensor grad, Tensor x, Tensor a, ...) -> (Tensor, Tensor, ...)"
+template <class Op>
+std::string backward_schema(const std::string& name) {
+  std::string s = name + "_backward(Tensor grad, Tensor " + kSavedName<Op>;
+  for (const char* c : Op::kCoefs) s += std::string(", Tensor ") + c;
+  if (kNumCoefs<Op> == 0) return s + ") -> Tensor";
+  s += ") -> (Tensor";
+  for (int i = 0; i < kNumCoefs<Op>; ++i) s += ", Tensor";
+  return s + ")";
+}
+
+}  // namespace torchext

@@ -1,0 +1,437 @@
+"""The checks every op must pass, written once and parametrized over the op table
+(``torchext.functional.OPS``, the ``op`` and ``coef_op`` fixtures of conftest.py): a new op gets
+all of them by being in the table. Each test runs both ways in (``fn``: the function, whose
+derivatives are registered in C++, and ``<Op>Function.apply``) on every device. Tests particular
+to one op live in tests/test_<op>.py.
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import (
+    SIZES,
+    TOLERANCES,
+    assert_close,
+    coefs,
+    function,
+    function_class,
+    operator,
+    randn,
+)
+from torch.autograd import gradcheck, gradgradcheck
+
+from torchext import reference
+
+
+@pytest.fixture(params=["function", "Function.apply"])
+def fn(request, op):
+    if request.param == "function":
+        return function(op)
+    return function_class(op).apply
+
+
+@pytest.fixture(params=["function", "Function.apply"])
+def coef_fn(request, coef_op):
+    if request.param == "function":
+        return function(coef_op)
+    return function_class(coef_op).apply
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+
+def make_x(shape, dtype=torch.float32, device="cpu", layout=None, seed=None):
+    """x of the given shape, laid out as asked; a leaf requiring grad, or a view of one."""
+    if layout is None:
+        return randn(*shape, dtype=dtype, device=device, requires_grad=True, seed=seed)
+    if layout == "channels_last":
+        base = randn(*shape, dtype=dtype, device=device, seed=seed)
+        return base.contiguous(memory_format=torch.channels_last).requires_grad_()
+    if layout == "t":  # transposed: x = base.t()
+        return randn(*shape[::-1], dtype=dtype, device=device, requires_grad=True, seed=seed).t()
+    if layout == "expand":  # x = base.expand(...) from one row
+        base = randn(1, *shape[1:], dtype=dtype, device=device, requires_grad=True, seed=seed)
+        return base.expand(shape)
+    if layout == "slice":  # every other element of the last dim
+        base = randn(*shape[:-1], 2 * shape[-1], dtype=dtype, device=device, requires_grad=True,
+                     seed=seed)
+        return base[..., ::2]
+    raise ValueError(layout)
+
+
+# Coefficient shapes, each: (x's shape, the coefficients' shapes taken in turn, x's layout).
+COEF_CASES = {
+    "one-element (1,)": ((5, 7), [(1,)], None),
+    "per channel [B, L, C]": ((3, 5, 8), [(8,)], None),
+    "per channel [N, C, H, W]": ((2, 6, 5, 3), [(6, 1, 1)], None),
+    "per channel channels_last": ((2, 6, 5, 3), [(6, 1, 1)], "channels_last"),
+    "per group [B, L, G, C/G]": ((2, 3, 4, 5), [(4, 1)], None),
+    "mixed": ((3, 5, 8), [(8,), (), (1, 8), (1, 1, 1)], None),
+    "long runs": ((2, 3, 1100), [(3, 1)], None),  # run tiles on the CPU and on CUDA
+    "many short rows": ((700, 3), [(3,)], None),
+    "x's own shape": ((3, 4, 5), [(3, 4, 5)], None),
+    "two blocks": ((2, 3, 4, 5), [(3, 1, 5), (5,)], None),  # expanded to their union
+    "transposed x": ((8, 6), [(6,)], "t"),
+    "expanded x": ((4, 8), [(8,)], "expand"),
+    "sliced x": ((4, 8), [(8,)], "slice"),
+}
+
+
+def ref_grads(op, x, cs, g):
+    """Value and gradients of the eager reference in float64, from the same (rounded) inputs."""
+    x64 = x.detach().double().requires_grad_()
+    c64 = [c.detach().double().requires_grad_() for c in cs]
+    y = reference.EAGER[op.name](x64, *c64)
+    assert y.shape == x.shape
+    return y, torch.autograd.grad(y, [x64, *c64], g.double())
+
+
+def check_against_reference(op, fn, x, cs, dtype):
+    y = fn(x, *cs)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+    g = randn(*x.shape, dtype=dtype, device=x.device, seed=1)
+    grads = torch.autograd.grad(y, [x, *cs], g)
+    y_ref, grads_ref = ref_grads(op, x, cs, g)
+    assert_close(y, y_ref, dtype)
+    assert_close(grads[0], grads_ref[0], dtype)
+    # Coefficient gradients are sums over x, accumulated in float32 (float64 for float64 x) and
+    # stored in the coefficient's dtype: compare them at the coarser of the two, the tolerance
+    # widened with the square root of the count.
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for got, want, c in zip(grads[1:], grads_ref[1:], cs, strict=True):
+        assert got.shape == c.shape and got.dtype == c.dtype and got.device == c.device
+        tol_dtype = max(acc, c.dtype, key=lambda t: TOLERANCES[t][1])
+        assert_close(got, want, tol_dtype, scale=math.sqrt(max(x.numel(), 1)))
+    return y, grads
+
+
+# ---- values and gradients ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_matches_reference(op, fn, device, dtype, n):
+    x = make_x((n,), dtype, device)
+    check_against_reference(op, fn, x, coefs(op, dtype, device), dtype)
+
+
+@pytest.mark.parametrize("case", list(COEF_CASES))
+def test_coefficient_shapes(coef_op, coef_fn, device, dtype, case):
+    shape, coef_shapes, layout = COEF_CASES[case]
+    x = make_x(shape, dtype, device, layout)
+    check_against_reference(coef_op, coef_fn, x, coefs(coef_op, dtype, device, coef_shapes), dtype)
+
+
+@pytest.mark.parametrize("coef_dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("coef_shape", [(), (8,)])
+def test_coefficient_dtypes(coef_op, coef_fn, device, coef_dtype, coef_shape):
+    x = make_x((5, 8), torch.float32, device)
+    cs = coefs(coef_op, coef_dtype, device, coef_shape)
+    check_against_reference(coef_op, coef_fn, x, cs, torch.float32)
+
+
+def test_python_number_coefficients(coef_op, coef_fn, device):
+    x = randn(101, device=device, requires_grad=True)
+    nums = [0.5, -1, 0.25, 0.3][: len(coef_op.coefs)]
+    y = coef_fn(x, *nums)
+    expected = reference.EAGER[coef_op.name](x.detach().double(), *nums)
+    assert_close(y, expected, torch.float32)
+    (gx,) = torch.autograd.grad(y.sum(), [x])
+    assert gx.shape == x.shape
+
+
+def test_cpu_scalar_coefficient_with_x_elsewhere(coef_op, device):
+    """A 0-dim CPU tensor is a scalar for x on any device (as in eager); its gradient is 0-dim."""
+    if device == "cpu":
+        pytest.skip("needs x on another device than the CPU")
+    x = make_x((4, 8), torch.float32, device)
+    cs = coefs(coef_op, torch.float32, device, [(8,)])
+    cs[1] = cs[1].detach()[0].cpu().requires_grad_()
+    check_against_reference(coef_op, function(coef_op), x, cs, torch.float32)
+
+
+@pytest.mark.parametrize(
+    "make_view",
+    [
+        lambda t: t.t(),
+        lambda t: t[:, ::3],
+        lambda t: t[1:, 2:-1],
+        lambda t: t[0:1, 0:1].expand(4, 5),
+    ],
+    ids=["transposed", "step3", "offset", "expanded"],
+)
+def test_non_contiguous(op, fn, device, make_view):
+    base = randn(9, 20, device=device, requires_grad=True)
+    cs = coefs(op, torch.float32, device)
+    view = make_view(base)
+    x_contig = view.detach().contiguous().requires_grad_()
+    y_view, y_contig = fn(view, *cs), fn(x_contig, *cs)
+    torch.testing.assert_close(y_view, y_contig, rtol=0, atol=0)
+    g = randn(*view.shape, device=device)
+    gv = torch.autograd.grad(y_view, [base, *cs], g)
+    gc = torch.autograd.grad(y_contig, [x_contig, *cs], g)
+    expected_base = torch.zeros_like(base)
+    expected_base = torch.autograd.grad(
+        make_view(expected_base.requires_grad_()), expected_base, gc[0]
+    )[0]
+    torch.testing.assert_close(gv[0], expected_base)
+    for a, b in zip(gv[1:], gc[1:], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+LAYOUTS = {
+    "contiguous": lambda t: t,
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "channels_last_3d": lambda t: t.unsqueeze(2).contiguous(memory_format=torch.channels_last_3d),
+    "permuted": lambda t: t.permute(2, 0, 3, 1),
+    "transposed": lambda t: t.transpose(1, 3),
+    "sliced": lambda t: t[:, ::2, :, 1:],
+    "expanded": lambda t: t[:, :1].expand(-1, 4, -1, -1),
+    "size-1 dims": lambda t: t[:1, :, :1],
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_result_layout_is_torchs(op, fn, device, layout):
+    """The result is laid out as torch's own elementwise ops lay out theirs (channels_last stays
+    channels_last, a dense x keeps its strides), the gradient follows x's, and a per-channel
+    coefficient keeps that layout too."""
+    x = LAYOUTS[layout](randn(2, 4, 3, 5, device=device)).requires_grad_()
+    expected = torch.relu(x).stride()
+    cases = [coefs(op, torch.float32, device)]
+    if op.coefs:  # per channel along dim 1
+        cases.append(coefs(op, torch.float32, device, [(x.size(1),) + (1,) * (x.dim() - 2)]))
+    for cs in cases:
+        y = fn(x, *cs)
+        assert y.stride() == expected, (y.stride(), expected)
+        (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+        assert gx.stride() == y.stride()
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 5)])
+def test_empty(op, fn, device, dtype, shape):
+    x = make_x(shape, dtype, device)
+    cs = coefs(op, dtype, device)
+    y = fn(x, *cs)
+    assert y.shape == x.shape and y.dtype == dtype
+    grads = torch.autograd.grad(y.sum(), [x, *cs])
+    assert grads[0].shape == x.shape
+    for g, c in zip(grads[1:], cs, strict=True):  # a sum over nothing is zero
+        assert g.shape == c.shape and g.item() == 0
+
+
+def test_empty_with_per_channel_coefficients(coef_op, device):
+    x = make_x((0, 8), torch.float32, device)
+    cs = coefs(coef_op, torch.float32, device, [(8,)])
+    y = coef_op_call(coef_op, x, cs)
+    grads = torch.autograd.grad(y.sum(), [x, *cs])
+    for g, c in zip(grads[1:], cs, strict=True):
+        assert g.shape == c.shape and torch.equal(g, torch.zeros_like(c))
+
+
+def coef_op_call(op, x, cs):
+    return function(op)(x, *cs)
+
+
+def test_zero_dim(op, fn, device, dtype):
+    x = make_x((), dtype, device)
+    check_against_reference(op, fn, x, coefs(op, dtype, device), dtype)
+
+
+def test_nan_in_nan_out(op, fn, device):
+    x = randn(10, device=device)
+    x[3] = float("nan")
+    y = fn(x, *coefs(op, torch.float32, device))
+    assert torch.isnan(y[3]) and torch.isfinite(y[torch.arange(10, device=device) != 3]).all()
+
+
+@pytest.mark.parametrize("coef_shape", [(), (1000,)], ids=["one-element", "per channel"])
+def test_backward_deterministic(op, fn, device, coef_shape):
+    if coef_shape and not op.coefs:
+        pytest.skip(f"{op.name} has no coefficients")
+    x = make_x((201, 1000), torch.float32, device)
+    cs = coefs(op, torch.float32, device, coef_shape)
+    g = randn(201, 1000, device=device, seed=3)
+    runs = [torch.autograd.grad(fn(x, *cs), [x, *cs], g) for _ in range(3)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "shape, coef_shape",
+    [((1 << 20,), ()), ((256, 4096), (4096,)), ((4096, 256), (256,))],
+    ids=["one-element", "per channel, long rows", "per channel, many rows"],
+)
+def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_shape):
+    """Each coefficient gradient is a sum of 2^20 float32 terms (or per channel, of 256 or 4096).
+    Against the exact sums (math.fsum) of the very terms the kernel adds (it returns them as the
+    gradient of a coefficient of x's own shape), its error relative to the sum of the terms'
+    magnitudes (the measure summation error bounds use), averaged over every sum, is no larger
+    than torch.sum's of the same terms."""
+    x = randn(*shape, seed=11)
+    g = randn(*shape, seed=12)
+    cs = coefs(coef_op, torch.float32, "cpu", coef_shape, seed=13)
+    ours = torch.autograd.grad(coef_op_call(coef_op, x, cs), cs, g)
+    # The same coefficient values, one per element: the gradient is then the terms themselves.
+    per_element = [c.detach().expand(shape).contiguous().requires_grad_() for c in cs]
+    terms = torch.autograd.grad(coef_op_call(coef_op, x, per_element), per_element, g)
+    err_ours, err_torch = [], []
+    for got, t in zip(ours, terms, strict=True):
+        columns = t.reshape(-1, 1) if t.dim() == 1 else t  # one sum per column
+        exact = torch.tensor([math.fsum(col) for col in columns.double().t().tolist()])
+        magnitude = columns.double().abs().sum(dim=0)
+        err_ours.append((got.reshape(-1).double() - exact).abs() / magnitude)
+        err_torch.append((columns.sum(dim=0).double() - exact).abs() / magnitude)
+    ours_mean, torch_mean = torch.cat(err_ours).mean(), torch.cat(err_torch).mean()
+    assert ours_mean <= torch_mean, (ours_mean.item(), torch_mean.item())
+
+
+# ---- autograd checks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coef_shape", [(), (5,), [(4, 1), (), (1, 5), (4, 5)]],
+                         ids=["one-element", "per channel", "mixed"])
+def test_gradcheck(op, fn, device, coef_shape):
+    if coef_shape != () and not op.coefs:
+        pytest.skip(f"{op.name} has no coefficients")
+    x = make_x((4, 5), torch.float64, device)
+    cs = coefs(op, torch.float64, device, coef_shape)
+    assert gradcheck(fn, (x, *cs))
+    assert gradgradcheck(fn, (x, *cs))
+
+
+def test_gradcheck_non_contiguous(op, fn, device):
+    x = make_x((6, 5), torch.float64, device)
+    cs = coefs(op, torch.float64, device, [(3,)] if op.coefs else ())
+    assert gradcheck(lambda t, *c: fn(t.t()[:, ::2], *c), (x, *cs))
+    assert gradgradcheck(lambda t, *c: fn(t.t()[:, ::2], *c), (x, *cs))
+
+
+def _saved(op, x, cs):
+    """What the backward operator takes besides grad: x, or the result."""
+    return operator(op)(x, *cs).detach() if op.saves == "result" else x
+
+
+def test_operators_are_differentiable(op, device):
+    """The operators carry their own derivatives (csrc/autograd.cpp): forward, backward and
+    the backward's backward, called as torch.ops.torchext.* with nothing from Python."""
+    x = make_x((4, 5), torch.float64, device)
+    cs = coefs(op, torch.float64, device, [(5,), ()])
+    assert gradcheck(operator(op), (x, *cs))
+    assert gradgradcheck(operator(op), (x, *cs))
+    g = randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    bwd = operator(op, backward=True)
+    assert gradcheck(bwd, (g, _saved(op, x, cs), *cs))
+    assert gradgradcheck(bwd, (g, _saved(op, x, cs), *cs))
+
+
+def test_no_grad_and_inference_mode(op, fn, device):
+    """Nothing recorded, the same values (the kernels skip the autograd Function there)."""
+    x = make_x((33,), torch.float32, device)
+    cs = coefs(op, torch.float32, device)
+    y = fn(x, *cs)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            y_mode = fn(x, *cs)
+        assert y_mode.grad_fn is None and not y_mode.requires_grad
+        assert torch.equal(y_mode, y)
+
+
+def test_saves_only_what_the_backward_reads(coef_op, device):
+    """A coefficient whose value no formula needs (a) is not saved: changing it in place after the
+    forward, or passing an inference-mode tensor, is as fine as in eager."""
+    x = make_x((6,), torch.float32, device)
+    cs = coefs(coef_op, torch.float32, device)
+    y = coef_op_call(coef_op, x, cs)
+    with torch.no_grad():
+        cs[0].add_(1.0)
+    grads = torch.autograd.grad(y.sum(), [x, *cs])
+    assert grads[1].item() == pytest.approx(6.0)  # da = Σg
+    with torch.inference_mode():
+        a = torch.tensor(0.5, device=device)
+    y = coef_op_call(coef_op, x, [a, *cs[1:]])
+    (gx,) = torch.autograd.grad(y.sum(), [x])
+    assert gx.shape == x.shape
+
+
+# torch.autograd.forward_ad scripts a helper on first use, and torch 2.14 warns about that.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_forward_mode_ad_raises(op, fn, device):
+    """No jvp formulas: a dual input is refused, with or without grad mode, never silently
+    dropped."""
+    x = randn(5, device=device)
+    cs = coefs(op, torch.float32, device, requires_grad=False)
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode), torch.autograd.forward_ad.dual_level():
+            dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+            with pytest.raises(RuntimeError, match="jvp"):
+                fn(dual, *cs)
+
+
+# ---- operator registration -----------------------------------------------------------------------
+
+
+def op_samples(op, device):
+    """(operator, args) for the forward and backward operators, for opcheck: dtypes, shapes,
+    per-channel coefficients and layouts."""
+    fwd, bwd = operator(op), operator(op, backward=True)
+    samples = []
+    cases = [((3, 4), torch.float32, [()]), ((0,), torch.float64, [()]), ((), torch.bfloat16, [()]),
+             ((2, 3, 4), torch.float32, [(4,), (3, 1), ()]),
+             ((2, 3, 4, 5), torch.float64, [(3, 1, 1)])]
+    for shape, dtype, coef_shapes in cases:
+        x = randn(*shape, dtype=dtype, device=device)
+        cs = coefs(op, dtype, device, coef_shapes, requires_grad=False)
+        g = randn(*shape, dtype=dtype, device=device)
+        samples += [(fwd, (x, *cs)), (bwd, (g, _saved(op, x, cs), *cs))]
+    x = randn(2, 3, 4, 5, device=device).contiguous(memory_format=torch.channels_last)
+    samples.append((fwd, (x, *coefs(op, torch.float32, device, [(3, 1, 1)], requires_grad=False))))
+    samples.append((fwd, (randn(5, 6, device=device).t(), *coefs(op, requires_grad=False,
+                                                                  device=device))))
+    # Inputs that require grad: opcheck then also traces the backward with AOTAutograd and
+    # compares its gradients with eager's, and checks that no autograd formula hides at a
+    # backend key. (That an autograd kernel exists at all, test_operators_are_differentiable
+    # checks: opcheck passes an operator without one.)
+    x = make_x((3, 4), torch.float64, device)
+    cs = coefs(op, torch.float64, device, [(4,), ()])
+    g = randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    saved = _saved(op, x, cs).requires_grad_() if op.saves == "result" else x
+    samples += [(fwd, (x, *cs)), (bwd, (g, saved, *cs))]
+    return samples
+
+
+def test_opcheck(op, device):
+    for target, args in op_samples(op, device):
+        torch.library.opcheck(target, args)
+
+
+def test_meta(op, fn):
+    x = randn(3, 5, device="meta")
+    cs = coefs(op, torch.float32, "meta", [(3,)], requires_grad=False)
+    y = fn(x.t(), *cs)
+    assert y.device.type == "meta" and y.shape == (5, 3) and y.stride() == (1, 5)
+    outs = operator(op, backward=True)(torch.empty_like(x.t()), x.t(), *cs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    assert [o.shape for o in outs] == [(5, 3)] + [c.shape for c in cs]
+
+
+# ---- torch.compile -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coef_shape", [(), (257,)], ids=["one-element", "per channel"])
+def test_compile_fullgraph(op, fn, device, coef_shape):
+    """The op traced whole by torch.compile (Inductor); AOTAutograd compiles its backward."""
+    if coef_shape and not op.coefs:
+        pytest.skip(f"{op.name} has no coefficients")
+    x = make_x((3, 257), torch.float32, device)
+    cs = coefs(op, torch.float32, device, coef_shape)
+    g = randn(3, 257, device=device, seed=5)
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    y_c, y_e = compiled(x, *cs), fn(x, *cs)
+    torch.testing.assert_close(y_c, y_e)
+    grads_c = torch.autograd.grad(y_c, [x, *cs], g)
+    grads_e = torch.autograd.grad(y_e, [x, *cs], g)
+    for a, b in zip(grads_c, grads_e, strict=True):
+        torch.testing.assert_close(a, b)

@@ -18,6 +18,7 @@
 
 #include <array>
 #include <cstdint>
+#include <type_traits>
 
 namespace torchext {
 namespace math {
@@ -120,7 +121,11 @@ struct ReLU {
 
   template <typename T>
   C10_HOST_DEVICE static T forward(T x, const T*) {
-    return x < T(0) ? T(0) : x;
+    if constexpr (std::is_unsigned_v<T>) {
+      return x;
+    } else {
+      return x < T(0) ? T(0) : x;
+    }
   }
   // From the saved output, as torch's threshold_backward: 0 where y <= 0 (x == ±0 included),
   // g where y > 0 or y is NaN.

@@ -57,11 +57,20 @@ def test_quick_csv_has_every_contender_pass_and_floor(quick_run):
     for n in QUICK_SIZES:
         for pass_ in bench.PASSES:
             for impl in bench.CONTENDERS:
-                one(rows, op="cubic", impl=impl, dtype="float32", n=n, **{"pass": pass_})
-            one(rows, op="floor", impl="neg", dtype="float32", n=n, **{"pass": pass_})
-        assert float(one(rows, impl="copy", n=n)["copy_fraction"]) == 1
-    expected = len(QUICK_SIZES) * (1 + len(bench.PASSES) * (1 + len(bench.CONTENDERS)))
-    assert len(rows) == expected
+                one(rows, op="cubic", impl=impl, dtype="float32", n=n, shape="",
+                    **{"pass": pass_})
+            one(rows, op="floor", impl="neg", dtype="float32", n=n, shape="", **{"pass": pass_})
+        assert float(one(rows, impl="copy", n=n, shape="")["copy_fraction"]) == 1
+    for case, (shape, _) in bench.QUICK_CHANNEL_CASES.items():
+        for pass_ in bench.PASSES:
+            for impl in bench.CHANNEL_CONTENDERS:
+                one(rows, op="cubic", impl=impl, dtype="float32", n=math.prod(shape), shape=case,
+                    **{"pass": pass_})
+        assert float(one(rows, impl="copy", shape=case)["copy_fraction"]) == 1
+    cells = len(QUICK_SIZES) * (1 + len(bench.PASSES) * (1 + len(bench.CONTENDERS)))
+    cells += len(bench.QUICK_CHANNEL_CASES) * (
+        1 + len(bench.PASSES) * (1 + len(bench.CHANNEL_CONTENDERS)))
+    assert len(rows) == cells
 
 
 @pytest.mark.slow
@@ -91,7 +100,8 @@ def test_quick_writes_markdown_and_plots(quick_run):
     md = (out / "results.md").read_text()
     for text in (rows[0]["torch"], rows[0]["device_name"], "threads", "### cubic, float32",
                  "vs tutorial", "neg/torchext", "Peak memory", "torch.compile", "## Goals",
-                 "| cubic, every size: ≤ 1.5× torch.neg"):
+                 "| cubic, every size: ≤ 1.5× torch.neg", "## Per-channel coefficients",
+                 "| cubic | 4x16x32 | (32,) |", "| cubic per channel, 4x16x32 float32: ≤ 1.3×"):
         assert text in md
     for pass_ in bench.PASSES:
         png = out / f"{pass_}-float32.png"
@@ -150,6 +160,20 @@ def test_default_sizes_include_the_tutorials():
     assert bench._settings(parse(["--quick", "--sizes", "2000,2^3", "--sizes", "5"])).sizes == [
         5, 8, 2000
     ]
+
+
+def test_channel_goal_compares_with_one_element_coefficients():
+    # Per channel at most 1.3x the one-element time on the same x (forward + backward).
+    rows = [dict(timing("cubic", impl, 4096, us), shape=case)
+            for impl, us, case in (("torchext", 125, "a"), ("torchext-1", 100, "a"),
+                                   ("torchext", 140, "b"), ("torchext-1", 100, "b"))]
+    cfg = argparse.Namespace(device="cpu", ops=["cubic"], sizes=[], dtypes=["float32"],
+                             channels={"a": None, "b": None})
+    goals = {text: rest for text, *rest in bench._goal_rows(cfg, {}, bench._channel_index(rows))}
+    assert goals == {
+        "cubic per channel, a float32: ≤ 1.3× one-element coefficients": ["1.25×", "—", "met"],
+        "cubic per channel, b float32: ≤ 1.3× one-element coefficients": ["1.40×", "—", "missed"],
+    }
 
 
 def test_memory_is_kept_unless_asked_otherwise():

@@ -28,13 +28,15 @@ Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and on
 (pass, dtype). Columns of ``results.csv``:
   device, device_name, torch, threads   where it ran (CPU model or GPU name, torch version, threads)
   malloc      the process's C allocator: "keep" (freed memory kept; the default) or "system"
-  op          cubic, legendre_p3, affine_legendre_p3, relu; ``floor`` for the floors
+  op          an op of torchext.functional.OPS; ``floor`` for the floors
   impl        torchext, tutorial (torchext.reference.TUTORIAL), eager (torchext.reference.EAGER),
               compile (torch.compile of eager, static shapes; for bwd a second compile with
               donated buffers off, as retain_graph=True requires); floors: copy (y.copy_(x)), neg
   pass        fwd (forward), bwd (autograd.grad of a graph built once, retain_graph=True),
               fwdbwd (forward then autograd.grad)
   dtype, n    dtype of x (coefficients stay float32) and its number of elements
+  shape       per-channel rows only: the CHANNEL_CASES key (x's shape); their impl is torchext,
+              torchext-1 (one-element coefficients on the same x), eager or compile
   median_us, iqr_us   median time per call and its interquartile range over the timed blocks
               of all turns, microseconds
   blocks      how many timed blocks (of one or more calls) they come from; with one the IQR is 0
@@ -65,11 +67,22 @@ from pathlib import Path
 import torch
 
 import torchext
+from torchext.functional import OPS as TABLE
 from torchext.reference import EAGER, TUTORIAL
 
-OPS = ("cubic", "legendre_p3", "affine_legendre_p3", "relu")
-COEF_OPS = ("cubic", "affine_legendre_p3")
+OPS = tuple(TABLE)
+COEF_OPS = tuple(name for name, op in TABLE.items() if op.coefs)
 CONTENDERS = ("torchext", "tutorial", "eager", "compile")
+# Per-channel coefficients (the ops with coefficients): x's shape and the coefficients' shape. The
+# contenders: torchext, torchext with one-element coefficients on the same x (the goal: per
+# channel costs at most CHANNEL_GOAL times that), the eager broadcast expression, torch.compile.
+CHANNEL_CASES = {
+    "32x197x768": ((32, 197, 768), (768,)),  # a ViT's [B, L, C], channels last
+    "64x64x56x56": ((64, 64, 56, 56), (64, 1, 1)),  # a ResNet's [N, C, H, W], channels first
+}
+QUICK_CHANNEL_CASES = {"4x16x32": ((4, 16, 32), (32,)), "2x8x8x8": ((2, 8, 8, 8), (8, 1, 1))}
+CHANNEL_CONTENDERS = ("torchext", "torchext-1", "eager", "compile")
+CHANNEL_GOAL = 1.3
 PASSES = ("fwd", "bwd", "fwdbwd")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 DEFAULT_DTYPES = ("float32", "bfloat16")
@@ -88,7 +101,7 @@ QUICK = {"sizes": [2**10, 2**14], "dtypes": ["float32"], "min_run_time": 0.02, "
 ROUNDS = 5
 COLUMNS = (
     "device", "device_name", "torch", "threads", "malloc", "op", "impl", "pass", "dtype", "n",
-    "median_us", "iqr_us", "blocks", "gbps", "copy_fraction", "peak_mem_mb", "compile_s",
+    "shape", "median_us", "iqr_us", "blocks", "gbps", "copy_fraction", "peak_mem_mb", "compile_s",
 )
 
 
@@ -132,7 +145,7 @@ def _device(text: str) -> str:
     if text == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError("no CUDA GPU is visible to torch")
     if text == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
-        "torchext::cubic", "CUDA"
+        f"torchext::{OPS[0]}", "CUDA"
     ):
         raise argparse.ArgumentTypeError("torchext was built without CUDA kernels")
     return text
@@ -163,6 +176,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {','.join(DEFAULT_DTYPES)})")
     parser.add_argument("--passes", type=_choices(PASSES), action="extend",
                         help="fwd, bwd, fwdbwd (default: all)")
+    parser.add_argument("--channels", type=_choices(tuple(CHANNEL_CASES) + ("none",)),
+                        action="extend",
+                        help=f"per-channel cases, of {','.join(CHANNEL_CASES)}, or none (default: "
+                             "all; with --quick, small ones)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"),
                         help="output folder (default: bench-out)")
     parser.add_argument("--quick", action="store_true",
@@ -185,7 +202,11 @@ def _settings(args) -> argparse.Namespace:
     top = 24 if args.device == "cpu" else 28
     sizes = QUICK["sizes"] if args.quick else [2**k for k in range(10, top + 1, 2)] + [TUTORIAL_N]
     dtypes = QUICK["dtypes"] if args.quick else DEFAULT_DTYPES
+    channels = QUICK_CHANNEL_CASES if args.quick else CHANNEL_CASES
+    if args.channels:
+        channels = {k: CHANNEL_CASES[k] for k in args.channels if k != "none"}
     return argparse.Namespace(
+        channels=channels,
         device=args.device,
         ops=list(dict.fromkeys(args.ops or OPS)),
         sizes=sorted(set(args.sizes or sizes)),
@@ -223,13 +244,15 @@ def _device_name(device: str) -> str:
     return f"{model} ({os.cpu_count()} logical CPUs)"
 
 
-def _inputs(op: str, n: int, dtype: str, device: str):
-    """Seeded random x (and a, b, c, d for the coefficient ops), all requiring grad, and g."""
-    gen = torch.Generator(device).manual_seed(n)
-    x, g = (torch.randn(n, generator=gen, dtype=getattr(torch, dtype), device=device)
+def _inputs(op: str, n, dtype: str, device: str, coef_shape=()):
+    """Seeded random x of n elements (or of shape n), the op's coefficients (float32, of
+    coef_shape), all requiring grad, and g."""
+    shape = (n,) if isinstance(n, int) else n
+    gen = torch.Generator(device).manual_seed(math.prod(shape))
+    x, g = (torch.randn(shape, generator=gen, dtype=getattr(torch, dtype), device=device)
             for _ in range(2))
-    coefs = [torch.randn((), generator=gen, device=device).requires_grad_()
-             for _ in range(4 if op in COEF_OPS else 0)]
+    coefs = [torch.randn(coef_shape, generator=gen, device=device).requires_grad_()
+             for _ in (TABLE[op].coefs if op in TABLE else ())]
     return (x.requires_grad_(), *coefs), g
 
 
@@ -326,6 +349,7 @@ def _row(meta, op, impl, pass_, dtype, n, times, **extra) -> dict:
     median = statistics.median(times)
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median,) * 3
     gbps = BYTES[pass_] * n * getattr(torch, dtype).itemsize / median / 1e9
+    extra.setdefault("shape", "")
     return dict(meta, op=op, impl=impl, dtype=dtype, n=n, median_us=median * 1e6,
                 iqr_us=(q3 - q1) * 1e6, blocks=len(times), gbps=gbps, **{"pass": pass_}, **extra)
 
@@ -376,8 +400,38 @@ def _floor_rows(cfg, meta, dtype, n, floor_inputs, floor_times) -> list[dict]:
 
 
 def _with_copy_fraction(rows: list[dict]) -> list[dict]:
-    copy = {(r["dtype"], r["n"]): r["gbps"] for r in rows if r["impl"] == "copy"}
-    return [dict(r, copy_fraction=r["gbps"] / copy[r["dtype"], r["n"]]) for r in rows]
+    copy = {(r["dtype"], r["n"], r["shape"]): r["gbps"] for r in rows if r["impl"] == "copy"}
+    return [dict(r, copy_fraction=r["gbps"] / copy[r["dtype"], r["n"], r["shape"]])
+            for r in rows]
+
+
+def _measure_channels(cfg, meta, op, dtype, case, floor_inputs, floor_times, progress):
+    """Rows for one op with per-channel coefficients on one x (cfg.channels[case]): torchext,
+    torchext with one-element coefficients on the same x, eager, compile; every pass."""
+    shape, coef_shape = cfg.channels[case]
+    inputs, g = _inputs(op, shape, dtype, cfg.device, coef_shape)
+    one_element = (inputs[0], *_inputs(op, shape, dtype, cfg.device)[0][1:])
+    progress.step(f"compile {op} {dtype} {case}", advance=0)
+    torch._dynamo.reset()
+    compiled, compile_s = _compile(op, inputs, g)
+    fns = {"torchext": getattr(torchext, op), "eager": EAGER[op], "compile": compiled}
+    rows = []
+    for pass_ in cfg.passes:
+        progress.step(f"{op} {pass_} {dtype} {case}")
+        if pass_ == "bwd":
+            fns = dict(fns, compile=_compile(op, inputs, g, retain_graph=True)[0])
+        stmts = {(op, impl, pass_): _pass_fn(fn, inputs, g, pass_) for impl, fn in fns.items()}
+        stmts[op, "torchext-1", pass_] = _pass_fn(getattr(torchext, op), one_element, g, pass_)
+        stmts.update(_floor_stmts(floor_inputs, pass_, with_copy=pass_ == cfg.passes[0]))
+        for key, t in _time_rounds(stmts, cfg.min_run_time, cfg.rounds).items():
+            if key[0] == "floor":
+                floor_times.setdefault(key, []).extend(t)
+                continue
+            extra = {"compile_s": compile_s} if key[1] == "compile" else {}
+            if pass_ == "fwdbwd":
+                extra["peak_mem_mb"] = _peak_mem_mb(stmts[key], cfg.device)
+            rows.append(_row(meta, *key, dtype, math.prod(shape), t, shape=case, **extra))
+    return rows
 
 
 def _measure(cfg, meta, progress) -> list[dict]:
@@ -388,7 +442,18 @@ def _measure(cfg, meta, progress) -> list[dict]:
             for op in cfg.ops:
                 rows += _measure_op(cfg, meta, op, dtype, n, floor_inputs, floor_times, progress)
             rows += _floor_rows(cfg, meta, dtype, n, floor_inputs, floor_times)
+        for case, (shape, _) in cfg.channels.items():
+            floor_inputs, floor_times = _inputs("neg", shape, dtype, cfg.device), {}
+            for op in _channel_ops(cfg):
+                rows += _measure_channels(cfg, meta, op, dtype, case, floor_inputs, floor_times,
+                                          progress)
+            rows += [dict(r, shape=case) for r in _floor_rows(
+                cfg, meta, dtype, math.prod(shape), floor_inputs, floor_times)]
     return _with_copy_fraction(rows)
+
+
+def _channel_ops(cfg) -> list[str]:
+    return [op for op in cfg.ops if op in COEF_OPS]
 
 
 class _Progress:
@@ -434,7 +499,15 @@ def _fmt(value: float) -> str:
 
 
 def _index(rows) -> dict:
-    return {(r["op"], r["impl"], r["pass"], r["dtype"], r["n"]): r for r in rows}
+    """The rows of the 1-D sizes, keyed (op, impl, pass, dtype, n)."""
+    return {(r["op"], r["impl"], r["pass"], r["dtype"], r["n"]): r for r in rows
+            if not r.get("shape")}
+
+
+def _channel_index(rows) -> dict:
+    """The per-channel rows, keyed (op, impl, pass, dtype, case)."""
+    return {(r["op"], r["impl"], r["pass"], r["dtype"], r["shape"]): r for r in rows
+            if r.get("shape")}
 
 
 def _speed_table(cfg, idx, op, pass_, dtype) -> list[str]:
@@ -459,6 +532,23 @@ def _memory_table(cfg, idx, dtype) -> list[str]:
             mb = [idx[op, c, "fwdbwd", dtype, n]["peak_mem_mb"] for c in CONTENDERS]
             mb.append(idx["floor", "neg", "fwdbwd", dtype, n]["peak_mem_mb"])
             lines.append(f"| {op} | {n} | " + " | ".join(_fmt(m) for m in mb) + " |")
+    return lines
+
+
+def _channel_table(cfg, cidx, pass_, dtype) -> list[str]:
+    head = ["op", "x", "coefficients", "torchext µs", "one-element µs", "per channel / one-element",
+            "eager µs", "compile µs", "vs eager", "vs compile", "torchext GB/s", "of copy"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
+    for op in _channel_ops(cfg):
+        for case, (_, coef_shape) in cfg.channels.items():
+            t = {c: cidx[op, c, pass_, dtype, case] for c in CHANNEL_CONTENDERS}
+            us = {c: r["median_us"] for c, r in t.items()}
+            mine = t["torchext"]
+            lines.append("| " + " | ".join([
+                op, case, str(coef_shape), _fmt(us["torchext"]), _fmt(us["torchext-1"]),
+                f"{us['torchext'] / us['torchext-1']:.2f}", _fmt(us["eager"]), _fmt(us["compile"]),
+                f"{us['eager'] / us['torchext']:.2f}×", f"{us['compile'] / us['torchext']:.2f}×",
+                _fmt(mine["gbps"]), f"{mine['copy_fraction']:.2f}"]) + " |")
     return lines
 
 
@@ -568,11 +658,27 @@ def _bandwidth_goals(cfg, idx) -> list[list[str]]:
     return rows
 
 
-def _goal_rows(cfg, idx) -> list[list[str]]:
+def _channel_goals(cfg, cidx) -> list[list[str]]:
+    rows = []
+    for dtype in cfg.dtypes:
+        for op in _channel_ops(cfg):
+            for case in cfg.channels:
+                mine = cidx.get((op, "torchext", "fwdbwd", dtype, case))
+                one = cidx.get((op, "torchext-1", "fwdbwd", dtype, case))
+                if mine and one:
+                    text = (f"{op} per channel, {case} {dtype}: ≤ {CHANNEL_GOAL:g}× one-element "
+                            "coefficients")
+                    rows.append(_goal(text, mine["median_us"] / one["median_us"], None,
+                                      CHANNEL_GOAL, "×", higher_is_better=False))
+    return rows
+
+
+def _goal_rows(cfg, idx, cidx=None) -> list[list[str]]:
     """The goals of the run's device whose cells it measured."""
+    channels = _channel_goals(cfg, cidx) if cidx else []
     if cfg.device == "cpu":
-        return _speedup_goals(idx) + _neg_goals(cfg, idx) + _memory_goals(cfg, idx)
-    return _bandwidth_goals(cfg, idx)
+        return _speedup_goals(idx) + _neg_goals(cfg, idx) + _memory_goals(cfg, idx) + channels
+    return _bandwidth_goals(cfg, idx) + channels
 
 
 def _goals_section(rows: list[list[str]]) -> list[str]:
@@ -592,7 +698,8 @@ def _goals_section(rows: list[list[str]]) -> list[str]:
 
 def _command(cfg, meta) -> str:
     """The command line that repeats this run."""
-    lists = {"ops": cfg.ops, "sizes": cfg.sizes, "dtypes": cfg.dtypes, "passes": cfg.passes}
+    lists = {"ops": cfg.ops, "sizes": cfg.sizes, "dtypes": cfg.dtypes, "passes": cfg.passes,
+             "channels": list(cfg.channels) or ["none"]}
     args = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in lists.items())
     return (f"python -m torchext bench --device {cfg.device} {args} --threads {meta['threads']} "
             f"--min-run-time {cfg.min_run_time} --rounds {cfg.rounds}"
@@ -626,13 +733,23 @@ def _header(cfg, meta, load) -> list[str]:
 
 
 def _write_markdown(cfg, meta, rows, path: Path, load: tuple[float, float]) -> None:
-    idx = _index(rows)
-    lines = _header(cfg, meta, load) + _goals_section(_goal_rows(cfg, idx))
+    idx, cidx = _index(rows), _channel_index(rows)
+    lines = _header(cfg, meta, load) + _goals_section(_goal_rows(cfg, idx, cidx))
     for pass_ in sorted(cfg.passes, key=lambda p: p != "fwdbwd"):
         lines += [f"## {PASS_TITLES[pass_].capitalize()}", ""]
         for op in cfg.ops:
             for dtype in cfg.dtypes:
                 lines += [f"### {op}, {dtype}", "", *_speed_table(cfg, idx, op, pass_, dtype), ""]
+    if cfg.channels and _channel_ops(cfg):
+        lines += ["## Per-channel coefficients", "",
+                  "Every coefficient of the op per channel, on the x shown; *one-element*: "
+                  "torchext with one-element coefficients on the same x (the goal: per channel "
+                  f"costs at most {CHANNEL_GOAL:g} times that); eager: the broadcast expression.",
+                  ""]
+        for pass_ in sorted(cfg.passes, key=lambda p: p != "fwdbwd"):
+            for dtype in cfg.dtypes:
+                lines += [f"### {PASS_TITLES[pass_]}, {dtype}", "",
+                          *_channel_table(cfg, cidx, pass_, dtype), ""]
     if "fwdbwd" in cfg.passes:
         lines += ["## Peak memory of one forward + backward (MB)", "",
                   "Allocated beyond the inputs (x, g, coefficients): outputs, saved tensors, "
@@ -702,7 +819,8 @@ def run(args) -> int:
     meta = {"device": cfg.device, "device_name": _device_name(cfg.device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "malloc": malloc}
     cfg.out.mkdir(parents=True, exist_ok=True)
-    progress = _Progress(len(cfg.dtypes) * len(cfg.sizes) * len(cfg.ops) * len(cfg.passes))
+    cells = len(cfg.sizes) * len(cfg.ops) + len(cfg.channels) * len(_channel_ops(cfg))
+    progress = _Progress(len(cfg.dtypes) * cells * len(cfg.passes))
     load = os.getloadavg()[0]
     rows = _measure(cfg, meta, progress)
     progress.close()
@@ -710,7 +828,7 @@ def run(args) -> int:
     _write_markdown(cfg, meta, rows, cfg.out / "results.md", (load, os.getloadavg()[0]))
     pngs = _plot(cfg, meta, rows, cfg.out)
     print(f"wrote {cfg.out / 'results.csv'}, {cfg.out / 'results.md'} and {len(pngs)} plots")
-    verdicts = [row[-1] for row in _goal_rows(cfg, _index(rows))]
+    verdicts = [row[-1] for row in _goal_rows(cfg, _index(rows), _channel_index(rows))]
     if verdicts:
         counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
         print(f"goals: {counts} (results.md, section Goals)")

@@ -16,13 +16,9 @@ import torch
 
 import torchext
 from torchext import reference
+from torchext.functional import OPS
 
-OPERATORS = (
-    "cubic", "cubic_backward",
-    "legendre_p3", "legendre_p3_backward",
-    "affine_legendre_p3", "affine_legendre_p3_backward",
-    "relu", "relu_backward",
-)
+OPERATORS = tuple(f"{op}{suffix}" for op in OPS for suffix in ("", "_backward"))
 ENVIRONMENT = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCHEXT_CPU_ISA", "CUDA_VISIBLE_DEVICES",
     "TORCH_CUDA_ARCH_LIST",
@@ -39,14 +35,10 @@ class Check:
     coefficients: int
 
 
-# The self-check's table: op name -> what it runs (tests patch it to simulate a broken kernel).
-CHECKS = {
-    "cubic": Check(torchext.cubic, reference.EAGER["cubic"], 4),
-    "legendre_p3": Check(torchext.legendre_p3, reference.EAGER["legendre_p3"], 0),
-    "affine_legendre_p3": Check(torchext.affine_legendre_p3,
-                                reference.EAGER["affine_legendre_p3"], 4),
-    "relu": Check(torchext.relu, reference.EAGER["relu"], 0),
-}
+# The self-check's table, from the op table: op name -> what it runs (tests patch it to simulate a
+# broken kernel).
+CHECKS = {name: Check(getattr(torchext, name), reference.EAGER[name], len(op.coefs))
+          for name, op in OPS.items()}
 CHECK_SHAPE = (33, 65)  # odd sizes: vector tails
 CHECK_DTYPE = torch.float32
 # The largest error allowed, relative to max(|expected|, 1) per output: float32 against float64
@@ -230,7 +222,7 @@ def check(name: str, device: torch.device, seed: int = 0) -> tuple[bool, str]:
     ry, rgrads = _forward_backward(entry.reference, *leaves(torch.float64, "cpu"), grad.double())
 
     errors = {"forward": _relative_error(y, ry)}
-    for n, g, r in zip(["x", *"abcd"][: len(grads)], grads, rgrads, strict=True):
+    for n, g, r in zip(["x", *OPS[name].coefs][: len(grads)], grads, rgrads, strict=True):
         errors[f"d{n}"] = _relative_error(g, r)
     details = (f"forward {errors['forward']:.1e}  "
                f"backward {max(e for n, e in errors.items() if n != 'forward'):.1e}")
@@ -253,7 +245,7 @@ def self_check_devices() -> tuple[list[torch.device], list[str]]:
     """The devices to check, and why any visible one is left out."""
     devices, skipped = [torch.device("cpu")], []
     for device in cuda_devices():
-        if has_kernel("cubic", "CUDA"):
+        if has_kernel(next(iter(OPS)), "CUDA"):
             devices.append(device)
         else:
             skipped.append(f"{device}: SKIP (torchext was built without CUDA kernels)")

@@ -15,6 +15,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -255,10 +256,39 @@ void register_derivatives(torch::Library& m) {
          &S::template backward<AutogradKernels<Op>>);
 }
 
+// <op>_second_order: SecondOrder<Op> as an operator of ATen ops, for the Python Functions that
+// torch.func transforms (functorch cannot go through the C++ Functions above). Gradients that
+// the formula leaves undefined (nothing depends on them) are zeros.
+template <class Op>
+struct SecondOrderOperator {
+  static constexpr int N = kNumCoefs<Op>;
+  static std::array<Tensor, N + 2> second_order(const std::array<Tensor, N + 2>& inputs,
+                                                const std::array<Tensor, N + 1>& grads) {
+    const variable_list s(inputs.begin(), inputs.end()), gs(grads.begin(), grads.end());
+    const variable_list out = SecondOrder<Op>::grad(s, gs);
+    std::array<Tensor, N + 2> result;
+    for (int i = 0; i < N + 2; ++i)
+      result[i] = out[i].defined() ? out[i] : at::zeros_like(inputs[i]);
+    return result;
+  }
+};
+
+template <class Op>
+void register_second_order(torch::Library& m) {
+  m.impl((std::string(OpName<Op>::kName) + "_second_order").c_str(),
+         &Signature<Op>::template second_order<SecondOrderOperator<Op>>);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchext, Autograd, m) {
 #define TORCHEXT_REGISTER(name, Op) register_derivatives<math::Op>(m);
+  TORCHEXT_OPS(TORCHEXT_REGISTER)
+#undef TORCHEXT_REGISTER
+}
+
+TORCH_LIBRARY_IMPL(torchext, CompositeImplicitAutograd, m) {
+#define TORCHEXT_REGISTER(name, Op) register_second_order<math::Op>(m);
   TORCHEXT_OPS(TORCHEXT_REGISTER)
 #undef TORCHEXT_REGISTER
 }

@@ -1,6 +1,7 @@
 // Every torchext operator's schema, defined once from the op table (ops.h): <name> and
-// <name>_backward. The backends register their kernels in cpu/kernels.cpp and cuda/kernels.cu,
-// the derivatives are registered in autograd.cpp, and the fake (meta) kernels are in
+// <name>_backward, and <name>_second_order (the backward's own backward, from ATen ops). The
+// backends register their kernels in cpu/kernels.cpp and cuda/kernels.cu, the derivatives and
+// the second-order operator are registered in autograd.cpp, and the fake (meta) kernels are in
 // torchext/functional.py. Importing torchext._C runs the registrations below.
 #include <ATen/Parallel.h>
 #include <Python.h>
@@ -85,6 +86,7 @@ void define_op(torch::Library& m) {
   const std::string name = OpName<Op>::kName, backward = name + "_backward";
   m.def(forward_schema<Op>(name).c_str());
   m.def(backward_schema<Op>(name).c_str());
+  m.def(second_order_schema<Op>(name).c_str());
   for (const auto key : kNotDense) {
     m.impl(name.c_str(), torch::dispatch(key, &S::template forward<Refuse<Op>>));
     m.impl(backward.c_str(), torch::dispatch(key, &S::template backward<Refuse<Op>>));

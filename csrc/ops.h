@@ -81,6 +81,16 @@ struct Signature<Op, std::index_sequence<I...>> {
       std::conditional_t<N == 0, at::Tensor, std::tuple<at::Tensor, typename Each<I>::Out...>>;
   using Forward = at::Tensor(const at::Tensor&, typename Each<I>::Arg...);
   using Backward = BackwardResult(const at::Tensor&, const at::Tensor&, typename Each<I>::Arg...);
+  // (g, v, coefficients..., grad_dx, grad_dcoefficients...) -> their N + 2 gradients
+  using SecondOrderResult = std::tuple<at::Tensor, at::Tensor, typename Each<I>::Out...>;
+
+  template <class Impl>
+  static SecondOrderResult second_order(const at::Tensor& grad, const at::Tensor& v,
+                                        typename Each<I>::Arg... c, const at::Tensor& grad_dx,
+                                        typename Each<I>::Arg... grad_dc) {
+    const std::array<at::Tensor, N + 2> out = Impl::second_order({grad, v, c...}, {grad_dx, grad_dc...});
+    return {out[0], out[1], out[I + 2]...};
+  }
 
   // The operator kernels of a backend: Impl::forward(x, coefs) and Impl::backward(grad, v, coefs)
   // -> std::array<Tensor, N + 1>, bound to the schema's signature.
@@ -123,6 +133,21 @@ std::string backward_schema(const std::string& name) {
   for (const char* c : Op::kCoefs) s += std::string(", Tensor ") + c;
   if (kNumCoefs<Op> == 0) return s + ") -> Tensor";
   s += ") -> (Tensor";
+  for (int i = 0; i < kNumCoefs<Op>; ++i) s += ", Tensor";
+  return s + ")";
+}
+
+// "cubic_second_order(Tensor grad, Tensor x, Tensor a, ..., Tensor grad_dx, Tensor grad_da, ...)
+//  -> (Tensor, Tensor, Tensor, ...)": the gradients of cubic_backward's inputs (grad, x, a, ...)
+// given those of its outputs (dx, da, ...). Built from ATen ops (CompositeImplicitAutograd), so
+// differentiable to any order, by torch.func too.
+template <class Op>
+std::string second_order_schema(const std::string& name) {
+  std::string s = name + "_second_order(Tensor grad, Tensor " + kSavedName<Op>;
+  for (const char* c : Op::kCoefs) s += std::string(", Tensor ") + c;
+  s += ", Tensor grad_dx";
+  for (const char* c : Op::kCoefs) s += std::string(", Tensor grad_d") + c;
+  s += ") -> (Tensor, Tensor";
   for (int i = 0; i < kNumCoefs<Op>; ++i) s += ", Tensor";
   return s + ")";
 }

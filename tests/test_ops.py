@@ -6,6 +6,7 @@ to one op live in tests/test_<op>.py.
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from conftest import (
 )
 from torch.autograd import gradcheck, gradgradcheck
 
+import torchext
 from torchext import reference
 
 
@@ -355,18 +357,186 @@ def test_saves_only_what_the_backward_reads(coef_op, device):
     assert gx.shape == x.shape
 
 
-# torch.autograd.forward_ad scripts a helper on first use, and torch 2.14 warns about that.
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-def test_forward_mode_ad_raises(op, fn, device):
-    """No jvp formulas: a dual input is refused, with or without grad mode, never silently
-    dropped."""
-    x = randn(5, device=device)
-    cs = coefs(op, torch.float32, device, requires_grad=False)
-    for grad_mode in (True, False):
-        with torch.set_grad_enabled(grad_mode), torch.autograd.forward_ad.dual_level():
-            dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
-            with pytest.raises(RuntimeError, match="jvp"):
-                fn(dual, *cs)
+# ---- torch.func and forward-mode AD --------------------------------------------------------------
+# Every transform through the function, the Function class and the module (torch.func's way to a
+# module: functional_call), against the same transform of the eager reference, with one-element
+# and per-channel coefficients; vmap by batching rules, never torch's slow per-sample fallback
+# (its warning is an error here).
+
+FUNC_COEFS = {"one-element": [()], "per channel": [(4,), (), (1, 4), (4,)],
+              "per channel, 1-d x": [(4,), (), (1,), (4,)]}
+
+
+@pytest.fixture(params=["function", "Function.apply", "module"])
+def entry(request, op):
+    """(x, *coefficients) -> y through one of the three ways in."""
+    if request.param == "function":
+        return function(op)
+    if request.param == "Function.apply":
+        return function_class(op).apply
+    module = getattr(torchext.nn, op.cls)().to("meta")
+
+    def call(x, *cs):
+        return torch.func.functional_call(module, dict(zip(op.coefs, cs, strict=True)), (x,))
+
+    return call
+
+
+def func_inputs(op, device, coef_case="one-element"):
+    x = randn(3, 4, dtype=torch.float64, device=device, seed=21)
+    return x, coefs(op, torch.float64, device, FUNC_COEFS[coef_case], requires_grad=False,
+                    seed=22)
+
+
+def assert_trees_close(got, want):
+    got, want = torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def eager(op):
+    return reference.EAGER[op.name]
+
+
+@pytest.fixture(autouse=False)
+def no_slow_vmap():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*performance drop.*")
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated",
+                                category=FutureWarning)
+        yield
+
+
+@pytest.mark.parametrize("coef_case", ["one-element", "per channel"])
+def test_func_grad_vjp_jvp(op, entry, device, coef_case, no_slow_vmap):
+    x, cs = func_inputs(op, device, coef_case)
+    argnums = tuple(range(1 + len(cs)))
+
+    def loss(f):
+        return lambda *args: (f(*args) * torch.arange(12.0, device=device).view(3, 4)).sum()
+
+    assert_trees_close(torch.func.grad(loss(entry), argnums)(x, *cs),
+                       torch.func.grad(loss(eager(op)), argnums)(x, *cs))
+    cot = randn(3, 4, dtype=torch.float64, device=device, seed=23)
+    assert_trees_close(torch.func.vjp(entry, x, *cs)[1](cot),
+                       torch.func.vjp(eager(op), x, *cs)[1](cot))
+    tangents = (randn(3, 4, dtype=torch.float64, device=device, seed=24),
+                *[randn(*c.shape, dtype=torch.float64, device=device, seed=25) for c in cs])
+    assert_trees_close(torch.func.jvp(entry, (x, *cs), tangents),
+                       torch.func.jvp(eager(op), (x, *cs), tangents))
+
+
+@pytest.mark.parametrize("coef_case", ["one-element", "per channel, 1-d x"])
+def test_func_jacobians_and_hessian(op, entry, device, coef_case, no_slow_vmap):
+    """jacrev, jacfwd and hessian (forward over reverse) in every argument, and the reverse over
+    reverse Hessian: every derivative order the second-order operator gives."""
+    x, cs = func_inputs(op, device, coef_case)
+    x = x[0]  # a Jacobian of a (4,) output
+    argnums = tuple(range(1 + len(cs)))
+    for transform in (torch.func.jacrev, torch.func.jacfwd):
+        assert_trees_close(transform(entry, argnums)(x, *cs),
+                           transform(eager(op), argnums)(x, *cs))
+
+    def total(f):
+        return lambda *args: f(*args).sum()
+
+    assert_trees_close(torch.func.hessian(total(entry), argnums)(x, *cs),
+                       torch.func.hessian(total(eager(op)), argnums)(x, *cs))
+    rev_rev = torch.func.jacrev(torch.func.jacrev(total(entry), argnums), argnums)(x, *cs)
+    assert_trees_close(rev_rev, torch.func.hessian(total(eager(op)), argnums)(x, *cs))
+
+
+def test_forward_mode_ad(op, fn, device):
+    """torch.autograd.forward_ad: dual inputs give the eager expression's tangents."""
+    x, cs = func_inputs(op, device, "per channel" if op.coefs else "one-element")
+    tangents = [randn(*t.shape, dtype=torch.float64, device=device, seed=30 + i)
+                for i, t in enumerate([x, *cs])]
+    with torch.autograd.forward_ad.dual_level():
+        duals = [torch.autograd.forward_ad.make_dual(t, d) for t, d in zip([x, *cs], tangents,
+                                                                           strict=True)]
+        y = torch.autograd.forward_ad.unpack_dual(fn(*duals))
+    want = torch.func.jvp(eager(op), (x, *cs), tuple(tangents))
+    torch.testing.assert_close(y.primal, want[0])
+    torch.testing.assert_close(y.tangent, want[1])
+
+
+VMAPS = {
+    # name: (in_dims for x, in_dims for each coefficient, out_dims)
+    "x batched": (0, None, 0),
+    "x batched on dim 1, out on dim 1": (1, None, 1),
+    "coefficients batched": (None, 0, 0),
+    "both": (0, 0, 0),
+}
+
+
+@pytest.mark.parametrize("how", list(VMAPS))
+def test_vmap(op, entry, device, how, no_slow_vmap):
+    x_dim, c_dim, out_dim = VMAPS[how]
+    if c_dim is not None and not op.coefs:
+        pytest.skip(f"{op.name} has no coefficients")
+    x, cs = func_inputs(op, device, "per channel" if op.coefs else "one-element")
+    xs = torch.stack([x + i for i in range(5)], dim=x_dim) if x_dim is not None else x
+    cbs = [torch.stack([c * (1 + i) for i in range(5)]) if c_dim is not None else c for c in cs]
+    in_dims = (x_dim, *[c_dim] * len(cs))
+    got = torch.vmap(entry, in_dims=in_dims, out_dims=out_dim)(xs, *cbs)
+    want = torch.vmap(eager(op), in_dims=in_dims, out_dims=out_dim)(xs, *cbs)
+    torch.testing.assert_close(got, want)
+
+
+def test_per_sample_gradients(op, entry, device, no_slow_vmap):
+    """vmap(grad(...)): each sample's gradients of x and of the coefficients (shared by all
+    samples), as a loop over the samples computes them."""
+    x, cs = func_inputs(op, device, "per channel, 1-d x" if op.coefs else "one-element")
+    argnums = tuple(range(1 + len(cs)))
+
+    def loss(f):
+        return lambda x, *c: (f(x, *c) ** 2).sum()
+
+    in_dims = (0, *[None] * len(cs))
+    got = torch.vmap(torch.func.grad(loss(entry), argnums), in_dims=in_dims)(x, *cs)
+    want = [torch.func.grad(loss(eager(op)), argnums)(row, *cs) for row in x]
+    for i, g in enumerate(got):
+        torch.testing.assert_close(g, torch.stack([w[i] for w in want]))
+
+
+def test_operators_have_vmap_rules(op, device, no_slow_vmap):
+    """torch.vmap over the operators themselves (as C++ callers and the second-order formulas
+    reach them) takes their batching rules."""
+    x, cs = func_inputs(op, device, "per channel" if op.coefs else "one-element")
+    xs = torch.stack([x, 2 * x])
+    in_dims = (0, *[None] * len(cs))
+    torch.testing.assert_close(torch.vmap(operator(op), in_dims=in_dims)(xs, *cs),
+                               torch.stack([operator(op)(t, *cs) for t in xs]))
+    g = torch.ones_like(xs)
+    saved = torch.stack([_saved(op, t, cs) for t in xs])
+    got = torch.vmap(operator(op, backward=True), in_dims=(0, 0, *[None] * len(cs)))(g, saved, *cs)
+    got = got if isinstance(got, tuple) else (got,)
+    for i, t in enumerate(xs):
+        want = operator(op, backward=True)(g[i], saved[i], *cs)
+        want = want if isinstance(want, tuple) else (want,)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a[i], b)
+
+
+def test_ensemble_of_modules(coef_op, device, no_slow_vmap):
+    """torch.func.stack_module_state + vmap(functional_call): an ensemble of per-channel modules
+    in one call, values and gradients as each module alone."""
+    module = getattr(torchext.nn, coef_op.cls)
+    models = [module(num_parameters=4, dim=-1, dtype=torch.float64, device=device)
+              for _ in range(3)]
+    params, buffers = torch.func.stack_module_state(models)
+    base = module(num_parameters=4, dim=-1, dtype=torch.float64).to("meta")
+    x = randn(5, 4, dtype=torch.float64, device=device)
+
+    def run(p, b):
+        return torch.func.functional_call(base, (p, b), (x,))
+
+    torch.testing.assert_close(torch.vmap(run)(params, buffers), torch.stack([m(x) for m in models]))
+    grads = torch.vmap(torch.func.grad(lambda p, b: run(p, b).sum()))(params, buffers)
+    for name in coef_op.coefs:
+        want = torch.stack([torch.autograd.grad(m(x).sum(), getattr(m, name))[0] for m in models])
+        torch.testing.assert_close(grads[name], want)
 
 
 # ---- operator registration -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numbers
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -74,8 +75,9 @@ def _check_x(name: str, x) -> None:
     jagged nested tensor (a Python subclass that never reaches them)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"torchext.{name}: 'x' must be a torch.Tensor, got {type(x).__name__}")
-    if x.layout is not torch.strided:
-        raise TypeError(f"torchext.{name}: 'x' must be a dense (strided) tensor, got {x.layout}")
+    if x.is_nested and x.layout is not torch.strided:
+        raise TypeError(f"torchext.{name}: 'x' must be a dense (strided) tensor, got a nested "
+                        f"tensor ({x.layout})")
 
 
 # ---- coefficients -------------------------------------------------------------------------------
@@ -136,55 +138,214 @@ def _doc(op: OpDef) -> str:
     )
 
 
-def _make_function(op: OpDef):
+def _transformed() -> bool:
+    """Whether a torch.func transform or forward-mode AD is active: then the functions go through
+    the <cls>Function classes, which those support (the C++ derivatives cannot run there)."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def _make_function(op: OpDef, function_class):
     """``torchext.<name>(x, <coefs>)``. Its source is generated (as dataclasses generate
     ``__init__``) so that it has the op's real signature, keyword arguments included, and costs no
-    more than a hand-written one."""
-    params = ", ".join(("x", *op.coefs, *(["inplace=False"] if op.inplace else [])))
-    coefs = f"*_coefs(_op, x, ({', '.join(op.coefs)},))" if op.coefs else None
-    body = f"_check_x({op.name!r}, x)\n    return _operator(x)"
-    if coefs:
-        body = f"return _operator(x, {coefs})"
+    more than a hand-written one: at the tutorial's size every check here shows in the timings,
+    so the common case (tensors, no transform) is a few attribute tests inline."""
+    args = ", ".join(("x", *op.coefs))
+    params = ", ".join((args, *(["inplace=False"] if op.inplace else [])))
+    lines = [f"def {op.name}({params}):"]
     if op.inplace:
-        body = f"if inplace:\n        return _Inplace.apply(x)\n    {body}"
-    namespace = {"_op": op, "_operator": _operator(op), "_coefs": _coefs, "_check_x": _check_x}
+        lines += ["    if inplace:", "        return _Inplace.apply(x)"]
+    lines += ["    if _functorch_active() or _forward_ad._current_level >= 0:",
+              f"        return _Function.apply({args})",
+              "    if not isinstance(x, _Tensor) or x.is_nested:",
+              f"        _check_x({op.name!r}, x)"]
+    for c in op.coefs:
+        lines += [f"    if not isinstance({c}, _Tensor):",
+                  f"        {c} = _coef({op.name!r}, {c!r}, {c}, x)"]
+    lines.append(f"    return _operator({args})")
+    namespace = {"_operator": _operator(op), "_coef": _coef, "_check_x": _check_x,
+                 "_Tensor": Tensor, "_Function": function_class, "_forward_ad": forward_ad,
+                 "_functorch_active": torch._C._are_functorch_transforms_active}
     if op.inplace:
         namespace["_Inplace"] = _make_inplace_function(op)
-    exec(f"def {op.name}({params}):\n    {body}\n", namespace)  # noqa: S102
+    exec("\n".join(lines) + "\n", namespace)  # noqa: S102
     fn = namespace[op.name]
     fn.__module__, fn.__qualname__, fn.__doc__ = __name__, op.name, _doc(op)
     return fn
 
 
 # ---- the autograd.Function subclasses -----------------------------------------------------------
+# <cls>Function over the op's operators, and _<cls>BackwardFunction over its backward operator.
+# Both define setup_context, jvp and vmap, which is what torch.func needs of an autograd.Function
+# (the C++ derivatives of csrc/autograd.cpp cannot run under its transforms): the functions take
+# this way whenever a torch.func transform or forward-mode AD is active. Every derivative comes
+# from the three operators: the fused forward and backward, and <op>_second_order (the backward's
+# backward, from ATen ops, so differentiable to any order):
+#   backward of the op:            its backward operator
+#   jvp of the op:                 J·t is the gradient in g of <g, J·t>: second_order's first output
+#   backward of the backward:      second_order
+#   jvp of the backward B(g, v, c): B(g_t, v, c) + H·(v_t, c_t), H the (symmetric) Hessian of
+#                                  <g, op(v, c)>: second_order's other outputs, grads (v_t, c_t)
+#   vmap of either:                the batch dim moved to the front of every input (unbatched
+#                                  ones expanded, without a copy), coefficients padded to line up
+#                                  with x: a batched coefficient is a per-channel one, its block
+#                                  starting at the batch dim.
+
+
+def _zeros_for(tangents, like):
+    """The tangents, a zero (0-dim, broadcasting) where one is None."""
+    return [t if t is not None else torch.zeros((), dtype=w.dtype, device=w.device)
+            for t, w in zip(tangents, like, strict=True)]
+
+
+def _batched(x, bdim, size):
+    """x with its batch dim first; an unbatched x expanded to the batch (stride 0: no copy)."""
+    return x.movedim(bdim, 0) if bdim is not None else x.expand(size, *x.shape)
+
+
+def _batch_rule(op: OpDef, kinds_in, kinds_out, target, expand: bool):
+    """A vmap rule for target, whose arguments and results are each x-like ("x") or shaped like
+    coefficient j (j): x-likes get the batch dim first (expanded where unbatched); a coefficient
+    becomes (B, 1, ..., 1, *its shape), lining up with x's dims; an unbatched one stays as it is
+    (it broadcasts), or, expand (where the results hold per-sample sums over it), is expanded.
+    Results come back with the batch dim first, coefficient-shaped ones in their own shapes."""
+
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        first = kinds_in.index("x")
+        x_dim = args[first].dim() - (in_dims[first] is not None)
+        shapes, phys = {}, []
+        for a, d, kind in zip(args, in_dims, kinds_in, strict=True):
+            if kind == "x":
+                phys.append(_batched(a, d, size))
+            elif not isinstance(a, Tensor) or (d is None and not expand):
+                phys.append(a)
+            else:
+                a = _batched(a, d, size)
+                shapes[kind] = a.shape[1:]
+                phys.append(a.reshape(size, *([1] * (x_dim - a.dim() + 1)), *a.shape[1:]))
+        out = target(*phys)
+        if not isinstance(out, tuple):
+            return out, 0
+        out = tuple(o if kind == "x" else o.reshape(size, *shapes[kind])
+                    for o, kind in zip(out, kinds_out, strict=True))
+        return out, (0,) * len(out)
+
+    return rule
+
+
+def _kinds(op: OpDef):
+    """The argument kinds of the forward, backward and second-order operators, and of their
+    results (see _batch_rule)."""
+    coefs = list(range(len(op.coefs)))
+    return {
+        "forward": (["x", *coefs], ["x"]),
+        "backward": (["x", "x", *coefs], ["x", *coefs]),
+        "second_order": (["x", "x", *coefs, "x", *coefs], ["x", "x", *coefs]),
+    }
+
+
+def _register_vmap_rules(op: OpDef) -> None:
+    """vmap rules for the operators themselves, so that torch.vmap never takes its slow
+    per-sample fallback over them (as it would for the fused operators called inside the
+    Functions' jvp and the second-order formulas, and for C++ or torch.ops callers)."""
+    for which, (kinds_in, kinds_out) in _kinds(op).items():
+        suffix = "" if which == "forward" else f"_{which}"
+        target = getattr(torch.ops.torchext, op.name + suffix).default
+        rule = _batch_rule(op, kinds_in, kinds_out, target, expand=which != "forward")
+        torch.library.register_vmap(f"torchext::{op.name}{suffix}", rule)
+
+
+def _make_backward_function_class(op: OpDef):
+    backward_op = _operator(op, backward=True)
+    second_order = getattr(torch.ops.torchext, f"{op.name}_second_order").default
+
+    def forward(grad, v, *coefs):
+        return backward_op(grad, v, *coefs)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        return second_order(*saved, *_zeros_for(grads, [saved[1], *saved[2:]]))
+
+    def jvp(ctx, grad_t, v_t, *coef_t):
+        grad, v, *coefs = ctx.saved_tensors
+        first = backward_op(_zeros_for([grad_t], [grad])[0].expand_as(grad), v, *coefs)
+        hessian = second_order(grad, v, *coefs, *_zeros_for([v_t, *coef_t], [v, *coefs]))[1:]
+        if not op.coefs:
+            return first + hessian[0]
+        return tuple(f + h for f, h in zip(first, hessian, strict=True))
+
+    def vmap(info, in_dims, *args):
+        kinds_in, kinds_out = _kinds(op)["backward"]
+        return _batch_rule(op, kinds_in, kinds_out, cls.apply, expand=True)(info, in_dims, *args)
+
+    name = f"_{op.cls}BackwardFunction"
+    cls = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "jvp": staticmethod(jvp), "vmap": staticmethod(vmap),
+        "__module__": __name__, "__qualname__": name,
+    })
+    return cls
 
 
 def _make_function_class(op: OpDef):
     """``<cls>Function``: the op as an ``autograd.Function`` over the same operators."""
     forward_op, backward_op = _operator(op), _operator(op, backward=True)
+    second_order = getattr(torch.ops.torchext, f"{op.name}_second_order").default
+    backward_fn = _make_backward_function_class(op)
     saves_result = op.saves == "result"
 
-    def forward(ctx, x, *coefs):
-        coefs = _coefs(op, x, coefs) if op.coefs else (_check_x(op.name, x) or ())
-        y = forward_op(x, *coefs)
-        ctx.save_for_backward(y if saves_result else x, *coefs)
-        return y
+    def forward(x, *coefs):
+        if not op.coefs:
+            _check_x(op.name, x)
+            return forward_op(x)
+        return forward_op(x, *_coefs(op, x, coefs))
+
+    def setup_context(ctx, inputs, output):
+        x, *raw = inputs
+        coefs = _coefs(op, x, raw) if op.coefs else []
+        saved = (output if saves_result else x, *coefs)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
 
     def backward(ctx, grad):
-        grads = backward_op(grad, *ctx.saved_tensors)
+        # The backward operator is differentiable by itself (in C++), except under torch.func:
+        # then its Function.
+        backward = backward_fn.apply if _transformed() else backward_op
+        grads = backward(grad, *ctx.saved_tensors)
         if not op.coefs:
             return grads
         # None for the inputs that need no gradient (Python numbers among them).
         return tuple(g if need else None
                      for g, need in zip(grads, ctx.needs_input_grad, strict=True))
 
+    def jvp(ctx, x_t, *coef_t):
+        v, *coefs = ctx.saved_tensors
+        tangents = _zeros_for([x_t, *coef_t], [v, *coefs])
+        zero = torch.zeros((), dtype=v.dtype, device=v.device)
+        return second_order(zero, v, *coefs, *tangents)[0].expand_as(v)
+
+    def vmap(info, in_dims, *args):
+        kinds_in, kinds_out = _kinds(op)["forward"]
+        return _batch_rule(op, kinds_in, kinds_out, cls.apply, expand=False)(info, in_dims, *args)
+
     name = f"{op.cls}Function"
     doc = (f":func:`{op.name}` as an ``autograd.Function``: "
-           f"``{name}.apply({', '.join(('x', *op.coefs))})``.")
-    return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "backward": staticmethod(backward),
+           f"``{name}.apply({', '.join(('x', *op.coefs))})``. It supports torch.func (grad, "
+           "vjp, jvp, jacrev, jacfwd, hessian, vmap), forward-mode AD and torch.compile.")
+
+    cls = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "jvp": staticmethod(jvp), "vmap": staticmethod(vmap),
         "__doc__": doc, "__module__": __name__, "__qualname__": name,
     })
+    # Dynamo does not trace an autograd.Function that defines jvp; put into the graph whole,
+    # AOTAutograd traces it (forward and backward) as it traces any op.
+    torch._dynamo.allow_in_graph(cls)
+    return cls
 
 
 def _make_inplace_function(op: OpDef):
@@ -352,9 +513,10 @@ def _register_fakes(op: OpDef) -> None:
 
 __all__ = []
 for _op in OPS.values():
-    globals()[_op.name] = _make_function(_op)
     globals()[f"{_op.cls}Function"] = _make_function_class(_op)
+    globals()[_op.name] = _make_function(_op, globals()[f"{_op.cls}Function"])
     _register_fakes(_op)
+    _register_vmap_rules(_op)
     __all__ += [_op.name, f"{_op.cls}Function"]
 __all__.sort()
 del _op

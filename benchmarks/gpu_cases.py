@@ -127,9 +127,10 @@ def reference(op: str, x, cs, g):
     return y.detach(), dx, grads
 
 
-def mismatch(got, want, atol: float, rtol: float, bound=0.0) -> str | None:
+def mismatch(got, want, atol: float, rtol: float, bound=0.0, where=None) -> str | None:
     """None where ``|got - want| <= atol + rtol |want| + bound`` everywhere (NaN never passes),
-    else a short description of the worst element."""
+    else a short description of the worst element (named by its index in ``where``, if given:
+    the indices that ``got`` was gathered from)."""
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     if got.shape != want.shape:
         return f"shape {tuple(got.shape)} != {tuple(want.shape)}"
@@ -141,7 +142,8 @@ def mismatch(got, want, atol: float, rtol: float, bound=0.0) -> str | None:
     worst = int(excess.flatten().argmax())
     if excess.flatten()[worst] <= 0:
         return None
-    return (f"element {worst}: got {got.flatten()[worst].item():.6g}, "
+    name = worst if where is None else int(where.flatten()[worst])
+    return (f"element {name}: got {got.flatten()[worst].item():.6g}, "
             f"want {want.flatten()[worst].item():.6g}")
 
 

@@ -12,7 +12,6 @@ reads was written by a copy: compute-sanitizer's initcheck sees copies, whatever
 
 import argparse
 import contextlib
-import inspect
 import io
 import math
 import sys
@@ -57,8 +56,7 @@ def size(text: str) -> int:
 def ops() -> dict[str, int]:
     """{op name: its number of coefficients}: the one place the GPU validation reads the op
     table."""
-    return {name: len(inspect.signature(f).parameters) - 1
-            for name, f in _reference.EAGER.items()}
+    return {name: len(op.coefs) for name, op in torchext.functional.OPS.items()}
 
 
 def coef_ops() -> list[str]:

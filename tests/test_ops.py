@@ -510,9 +510,10 @@ def test_operators_have_vmap_rules(op, device, no_slow_vmap):
                                torch.stack([operator(op)(t, *cs) for t in xs]))
     g = torch.ones_like(xs)
     saved = torch.stack([_saved(op, t, cs) for t in xs])
-    got = torch.vmap(operator(op, backward=True), in_dims=(0, 0, *[None] * len(cs)))(g, saved, *cs)
+    in_dims = (0, 0, *[None] * len(cs))
+    got = torch.vmap(operator(op, backward=True), in_dims=in_dims)(g, saved, *cs)
     got = got if isinstance(got, tuple) else (got,)
-    for i, t in enumerate(xs):
+    for i in range(len(xs)):
         want = operator(op, backward=True)(g[i], saved[i], *cs)
         want = want if isinstance(want, tuple) else (want,)
         for a, b in zip(got, want, strict=True):
@@ -532,7 +533,8 @@ def test_ensemble_of_modules(coef_op, device, no_slow_vmap):
     def run(p, b):
         return torch.func.functional_call(base, (p, b), (x,))
 
-    torch.testing.assert_close(torch.vmap(run)(params, buffers), torch.stack([m(x) for m in models]))
+    torch.testing.assert_close(torch.vmap(run)(params, buffers),
+                               torch.stack([m(x) for m in models]))
     grads = torch.vmap(torch.func.grad(lambda p, b: run(p, b).sum()))(params, buffers)
     for name in coef_op.coefs:
         want = torch.stack([torch.autograd.grad(m(x).sum(), getattr(m, name))[0] for m in models])

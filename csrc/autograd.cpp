@@ -17,6 +17,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
 #include <array>
@@ -44,6 +45,12 @@ struct Operators {
     static const auto handle = c10::Dispatcher::singleton()
                                    .findSchemaOrThrow(name().c_str(), "")
                                    .template typed<typename S::Forward>();
+    return handle;
+  }
+  static const c10::TypedOperatorHandle<typename S::Inplace>& inplace() {
+    static const auto handle = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow((name() + "_").c_str(), "")
+                                   .template typed<typename S::Inplace>();
     return handle;
   }
   static const c10::TypedOperatorHandle<typename S::Backward>& backward() {
@@ -128,8 +135,10 @@ auto call_below_autograd(const Handle& handle, const Args&... args) {
 // ---- first order ------------------------------------------------------------------------------
 
 // y = op(x, coefficients...). Saves what the backward reads: x (or y), and the coefficients whose
-// values it reads; of the others only their shape, dtype and device (modifying them in place
-// after the forward, or an inference-mode one, is then fine, as in eager).
+// values it reads. Of the others the backward needs only the shape, dtype and device (for their
+// gradients): it gets a shallow copy with a version counter of its own (variable_data), so that
+// changing one in place after the forward is as fine as in eager; an inference-mode one, which
+// cannot be saved at all, leaves its metadata instead.
 template <class Op>
 struct OpFunction : torch::autograd::Function<OpFunction<Op>> {
   static constexpr int N = kNumCoefs<Op>;
@@ -139,17 +148,19 @@ struct OpFunction : torch::autograd::Function<OpFunction<Op>> {
     Tensor y = call_below_autograd(Operators<Op>::forward(), x, coefs...);
     variable_list saved{kSavesResult<Op> ? y : x};
     const std::array<const Tensor*, sizeof...(C)> all{&coefs...};
-    int i = 0;
-    for (const Tensor* c : all) {
+    for (int i = 0; i < N; ++i) {
+      const Tensor& c = *all[i];
       if (kBackwardReads<Op> >> i & 1u) {
-        saved.push_back(*c);
+        saved.push_back(c);
+      } else if (!c.is_inference()) {
+        saved.push_back(c.variable_data());
       } else {
+        saved.emplace_back();
         const std::string key = std::to_string(i);
-        ctx->saved_data["sizes" + key] = c->sizes();
-        ctx->saved_data["dtype" + key] = c->scalar_type();
-        ctx->saved_data["device" + key] = c->device();
+        ctx->saved_data["sizes" + key] = c.sizes();
+        ctx->saved_data["dtype" + key] = c.scalar_type();
+        ctx->saved_data["device" + key] = c.device();
       }
-      ++i;
     }
     ctx->save_for_backward(saved);
     return y;
@@ -158,11 +169,9 @@ struct OpFunction : torch::autograd::Function<OpFunction<Op>> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
     std::array<Tensor, N> coefs;
-    size_t next = 1;
     for (int i = 0; i < N; ++i) {
-      if (kBackwardReads<Op> >> i & 1u) {
-        coefs[i] = s[next++];
-      } else {  // its gradient's shape and dtype; the kernel never reads its values
+      coefs[i] = s[i + 1];
+      if (!coefs[i].defined()) {  // its gradient's shape and dtype; its values are never read
         const std::string key = std::to_string(i);
         coefs[i] = at::empty({}, at::TensorOptions()
                                      .dtype(ctx->saved_data["dtype" + key].toScalarType())
@@ -248,12 +257,68 @@ struct AutogradKernels {
   }
 };
 
+// ---- in place: <op>_(x) -------------------------------------------------------------------------
+// As torch's own in-place ops: the Autograd kernel refuses (check_inplace) before anything is
+// written wherever torch.relu_ would (a leaf that requires grad, a view of one, a view made under
+// no_grad, an output of unbind ...), then records a node whose backward reads the result x now
+// holds; x's version is bumped once (by mark_dirty when recording, else by the ADInplaceOrView
+// kernel). Only for ops whose backward reads
+// their result: an overwritten x could not be read.
+
+template <class Op>
+struct InplaceFunction : torch::autograd::Function<InplaceFunction<Op>> {
+  static_assert(kSavesResult<Op> && kNumCoefs<Op> == 0,
+                "in place: ops without coefficients whose backward reads the result");
+  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
+    {
+      // Below the ADInplaceOrView kernel too: mark_dirty bumps x's version.
+      at::AutoDispatchBelowADInplaceOrView below;
+      Operators<Op>::inplace().call(x);
+    }
+    ctx->mark_dirty({x});
+    ctx->save_for_backward({x});
+    return x;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {Operators<Op>::backward().call(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
+template <class Op>
+void inplace_autograd(const Tensor& x) {
+  const bool requires_grad = at::GradMode::is_enabled() && x.requires_grad();
+  torch::autograd::check_inplace(x, requires_grad);
+  if (!requires_grad) {
+    at::AutoDispatchBelowAutograd below_autograd;
+    Operators<Op>::inplace().call(x);
+    return;
+  }
+  InplaceFunction<Op>::apply(x);
+}
+
+template <class Op>
+void inplace_version(const Tensor& x) {
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    Operators<Op>::inplace().call(x);
+  }
+  torch::autograd::increment_version(x);
+}
+
 template <class Op>
 void register_derivatives(torch::Library& m) {
   using S = Signature<Op>;
   m.impl(OpName<Op>::kName, &S::template forward<AutogradKernels<Op>>);
   m.impl((std::string(OpName<Op>::kName) + "_backward").c_str(),
          &S::template backward<AutogradKernels<Op>>);
+  if constexpr (kInplace<Op>) m.impl((std::string(OpName<Op>::kName) + "_").c_str(), &inplace_autograd<Op>);
+}
+
+template <class Op>
+void register_version_bump(torch::Library& m) {
+  if constexpr (kInplace<Op>) {
+    m.impl((std::string(OpName<Op>::kName) + "_").c_str(), &inplace_version<Op>);
+  }
 }
 
 // <op>_second_order: SecondOrder<Op> as an operator of ATen ops, for the Python Functions that
@@ -283,6 +348,12 @@ void register_second_order(torch::Library& m) {
 
 TORCH_LIBRARY_IMPL(torchext, Autograd, m) {
 #define TORCHEXT_REGISTER(name, Op) register_derivatives<math::Op>(m);
+  TORCHEXT_OPS(TORCHEXT_REGISTER)
+#undef TORCHEXT_REGISTER
+}
+
+TORCH_LIBRARY_IMPL(torchext, ADInplaceOrView, m) {
+#define TORCHEXT_REGISTER(name, Op) register_version_bump<math::Op>(m);
   TORCHEXT_OPS(TORCHEXT_REGISTER)
 #undef TORCHEXT_REGISTER
 }

@@ -1,5 +1,6 @@
 #include "layout.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty_strided.h>
@@ -254,7 +255,7 @@ c10::SmallVector<int64_t, 8> block_shape(const at::Tensor& x, const Block& b) {
 // The common part of a forward and a backward: checks the coefficients, places the result, and
 // says how the kernels read x (v) and the coefficients. reads: which coefficient values are read.
 Call prepare(const char* op, const at::Tensor& v, CoefArgs coefs, unsigned reads,
-             const at::ScalarType out_dtype, Span* spans) {
+             const at::ScalarType out_dtype, Span* spans, bool inplace = false) {
   TORCH_CHECK(coefs.n <= kMaxCoefs, op, ": too many coefficients");
   Call call;
   call.op = op;
@@ -266,7 +267,8 @@ Call prepare(const char* op, const at::Tensor& v, CoefArgs coefs, unsigned reads
   }
   const Block block = block_of(spans, coefs.n, v);
   const auto options = v.options().dtype(out_dtype);
-  call.out = empty_like_elementwise(v, options);
+  // In place: the result goes to x itself where the kernels can write it there (x dense).
+  call.out = inplace && v.is_non_overlapping_and_dense() ? v : empty_like_elementwise(v, options);
   DimList order = memory_order(call.out);
   if (block.C > 1 && !block_in_order(order, block, call.out, &call.slots.P)) {
     call.out = at::empty(v.sizes(), options);  // a layout that splits the block: row-major
@@ -304,6 +306,13 @@ Call prepare_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool i
   check_input(op, "x", x, integral);
   Span spans[kMaxCoefs];
   return prepare(op, x, coefs, ~0u, x.scalar_type(), spans);
+}
+
+Call prepare_inplace(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral) {
+  check_input(op, "x", x, integral);
+  at::assert_no_internal_overlap(x);
+  Span spans[kMaxCoefs];
+  return prepare(op, x, coefs, ~0u, x.scalar_type(), spans, /*inplace=*/true);
 }
 
 Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,

@@ -75,6 +75,11 @@ struct CoefArgs {
 
 // integral: x may also be an integer tensor (ReLU).
 Call prepare_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral = false);
+// In place: call.out is x itself where the kernels can write into x (x dense, and the
+// coefficients' block kept together in its memory order); else a new tensor, which the caller
+// copies into x after the kernels. An x whose elements share memory (expanded) is refused, as
+// torch's in-place ops refuse it.
+Call prepare_inplace(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral = false);
 // v: what the forward saved (v_name: "x", or "result"); reads: a bit per coefficient whose value
 // the backward reads (the others only give their gradient's shape and dtype).
 Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,

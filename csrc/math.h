@@ -52,8 +52,8 @@ C10_HOST_DEVICE inline T p3_dx(T x) {
 // ---- the ops --------------------------------------------------------------------------------
 // Optional members (defaults in ops.h): kSavesResult (the backward reads the result, not x),
 // kOnStoredType (exact on the stored type: no op-math round trip), kIntegral (integer x too),
-// kBackwardReads (a bit per coefficient whose value the backward reads; autograd saves only
-// those).
+// kInplace (an in-place operator <name>_ too), kBackwardReads (a bit per coefficient whose value
+// the backward reads; autograd saves only those).
 
 struct Cubic {
   static constexpr std::array<const char*, 4> kCoefs = {"a", "b", "c", "d"};
@@ -118,6 +118,7 @@ struct ReLU {
   // payloads survive; integer tensors work as in torch.relu.
   static constexpr bool kOnStoredType = true;
   static constexpr bool kIntegral = true;
+  static constexpr bool kInplace = true;
 
   template <typename T>
   C10_HOST_DEVICE static T forward(T x, const T*) {

@@ -72,6 +72,9 @@ struct Refuse {
                      {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
     TORCH_CHECK(false, OpName<Op>::kQualified, ": unsupported tensor type");
   }
+  static void inplace(const at::Tensor& x, const std::array<at::Tensor, N>& coefs) {
+    forward(x, coefs);
+  }
 };
 
 constexpr c10::DispatchKey kNotDense[] = {
@@ -87,9 +90,13 @@ void define_op(torch::Library& m) {
   m.def(forward_schema<Op>(name).c_str());
   m.def(backward_schema<Op>(name).c_str());
   m.def(second_order_schema<Op>(name).c_str());
+  if constexpr (kInplace<Op>) m.def(inplace_schema<Op>(name).c_str());
   for (const auto key : kNotDense) {
     m.impl(name.c_str(), torch::dispatch(key, &S::template forward<Refuse<Op>>));
     m.impl(backward.c_str(), torch::dispatch(key, &S::template backward<Refuse<Op>>));
+    if constexpr (kInplace<Op>) {
+      m.impl((name + "_").c_str(), torch::dispatch(key, &S::template inplace<Refuse<Op>>));
+    }
   }
 }
 

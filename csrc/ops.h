@@ -50,6 +50,7 @@ constexpr int kNumCoefs = static_cast<int>(Op::kCoefs.size());
 TORCHEXT_TRAIT(kSavesResult, bool, false)
 TORCHEXT_TRAIT(kOnStoredType, bool, false)
 TORCHEXT_TRAIT(kIntegral, bool, false)
+TORCHEXT_TRAIT(kInplace, bool, false)
 TORCHEXT_TRAIT(kBackwardReads, unsigned, ~0u)
 #undef TORCHEXT_TRAIT
 
@@ -98,6 +99,13 @@ struct Signature<Op, std::index_sequence<I...>> {
   static at::Tensor forward(const at::Tensor& x, typename Each<I>::Arg... c) {
     return Impl::forward(x, Coefs{c...});
   }
+  // <name>_: x overwritten with the result; returns nothing (as torch.compile's functionalization
+  // wants of a mutating custom op; the Python function returns x).
+  using Inplace = void(const at::Tensor&, typename Each<I>::Arg...);
+  template <class Impl>
+  static void inplace(const at::Tensor& x, typename Each<I>::Arg... c) {
+    Impl::inplace(x, Coefs{c...});
+  }
   template <class Impl>
   static BackwardResult backward(const at::Tensor& grad, const at::Tensor& v, typename Each<I>::Arg... c) {
     return pack(Impl::backward(grad, v, Coefs{c...}));
@@ -135,6 +143,14 @@ std::string backward_schema(const std::string& name) {
   s += ") -> (Tensor";
   for (int i = 0; i < kNumCoefs<Op>; ++i) s += ", Tensor";
   return s + ")";
+}
+
+// "relu_(Tensor(a!) x) -> ()"
+template <class Op>
+std::string inplace_schema(const std::string& name) {
+  std::string s = name + "_(Tensor(a!) x";
+  for (const char* c : Op::kCoefs) s += std::string(", Tensor ") + c;
+  return s + ") -> ()";
 }
 
 // "cubic_second_order(Tensor grad, Tensor x, Tensor a, ..., Tensor grad_dx, Tensor grad_da, ...)

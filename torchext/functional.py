@@ -152,8 +152,14 @@ def _make_function(op: OpDef, function_class):
     args = ", ".join(("x", *op.coefs))
     params = ", ".join((args, *(["inplace=False"] if op.inplace else [])))
     lines = [f"def {op.name}({params}):"]
-    if op.inplace:
-        lines += ["    if inplace:", "        return _Inplace.apply(x)"]
+    if op.inplace:  # the in-place operator; under a transform, a Function that writes into x
+        lines += ["    if inplace:",
+                  "        if _functorch_active() or _forward_ad._current_level >= 0:",
+                  "            return _Inplace.apply(x)",
+                  "        if not isinstance(x, _Tensor) or x.is_nested:",
+                  f"            _check_x({op.name!r}, x)",
+                  "        _inplace_operator(x)",
+                  "        return x"]
     lines += ["    if _functorch_active() or _forward_ad._current_level >= 0:",
               f"        return _Function.apply({args})",
               "    if not isinstance(x, _Tensor) or x.is_nested:",
@@ -167,6 +173,7 @@ def _make_function(op: OpDef, function_class):
                  "_functorch_active": torch._C._are_functorch_transforms_active}
     if op.inplace:
         namespace["_Inplace"] = _make_inplace_function(op)
+        namespace["_inplace_operator"] = getattr(torch.ops.torchext, f"{op.name}_").default
     exec("\n".join(lines) + "\n", namespace)  # noqa: S102
     fn = namespace[op.name]
     fn.__module__, fn.__qualname__, fn.__doc__ = __name__, op.name, _doc(op)
@@ -349,7 +356,9 @@ def _make_function_class(op: OpDef):
 
 
 def _make_inplace_function(op: OpDef):
-    """<name>_(x): the result written back into x (which autograd then knows has changed)."""
+    """<name>(x, inplace=True) under a torch.func transform or forward-mode AD, where the in-place
+    operator's C++ autograd cannot run: the result written back into x (which autograd then knows
+    has changed)."""
     forward_op, backward_op = _operator(op), _operator(op, backward=True)
 
     def forward(ctx, x):
@@ -505,8 +514,13 @@ def _register_fakes(op: OpDef) -> None:
             return dx
         return (dx, *(torch.empty(c.shape, dtype=c.dtype, device=v.device) for c in coefs))
 
+    def fake_inplace(x, *coefs):
+        fake(x, *coefs)
+
     torch.library.register_fake(f"torchext::{op.name}")(fake)
     torch.library.register_fake(f"torchext::{op.name}_backward")(fake_backward)
+    if op.inplace:
+        torch.library.register_fake(f"torchext::{op.name}_")(fake_inplace)
 
 
 # ---- the table's functions and classes, as this module's names -----------------------------------

@@ -52,6 +52,7 @@ struct Job {
   Slots slots;
   Tiling tiling;
   T* partial;      // backward: the tiles' partial sums (layout.h)
+  bool inplace;    // forward: out is x's own memory
 };
 
 }  // namespace cpu
@@ -198,12 +199,32 @@ struct Kernels {
     TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
       using T = compute_t<Op, scalar_t>;
       const std::vector<T> table = coef_table<T>(call);
-      const Job<scalar_t, T> job{call.x, {}, call.out.mutable_data_ptr<scalar_t>(), table.data(),
-                                 call.slots, make_tiling(call.numel, call.slots, kTileSizes),
-                                 nullptr};
+      const Job<scalar_t, T> job{call.x,        {},
+                                 call.out.mutable_data_ptr<scalar_t>(),
+                                 table.data(),  call.slots,
+                                 make_tiling(call.numel, call.slots, kTileSizes),
+                                 nullptr,       call.out.is_same(x)};
       run_forward<Op>(job);
     });
     return call.out;
+  }
+
+  // x overwritten with the result.
+  static void inplace(const at::Tensor& x, const Coefs& coefs) {
+    Call call = prepare_inplace(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
+                                kIntegral<Op>);
+    if (call.numel == 0) return;
+    TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
+      using T = compute_t<Op, scalar_t>;
+      const std::vector<T> table = coef_table<T>(call);
+      const Job<scalar_t, T> job{call.x,        {},
+                                 call.out.mutable_data_ptr<scalar_t>(),
+                                 table.data(),  call.slots,
+                                 make_tiling(call.numel, call.slots, kTileSizes),
+                                 nullptr,       call.out.is_same(x)};
+      run_forward<Op>(job);
+    });
+    if (!call.out.is_same(x)) x.copy_(call.out);
   }
 
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
@@ -217,7 +238,7 @@ struct Kernels {
         const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
         std::vector<T> partial(N > 0 ? tiling.partials * N : 0);
         const Job<scalar_t, T> job{call.x, call.g, call.out.mutable_data_ptr<scalar_t>(),
-                                   table.data(), call.slots, tiling, partial.data()};
+                                   table.data(), call.slots, tiling, partial.data(), false};
         run_backward<Op>(job);
         if constexpr (N > 0) finish_sums(call, tiling, partial);
       });

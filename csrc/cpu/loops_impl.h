@@ -264,6 +264,9 @@ struct Tile {
   // ---- forward ----
 
   void forward_block(int64_t e, int64_t len, const T* k, int64_t kstride) const {
+    if constexpr (std::is_same_v<T, scalar_t>) {
+      if (job.inplace) return forward_inplace(job.out + e, len, k, kstride);
+    }
     T xbuf[kBlock], ybuf[kBlock];
     const T* __restrict__ xb = read<T, scalar_t>(job.x, e, len, xbuf);
     T* __restrict__ yb = dest<T>(job.out, e, ybuf);
@@ -279,6 +282,21 @@ struct Tile {
       }
     }
     write<T>(job.out, e, yb, len);
+  }
+
+  // In place on the stored type: x's elements read and overwritten through one pointer.
+  void forward_inplace(T* p, int64_t len, const T* k, int64_t kstride) const {
+    if (kstride == 0) {
+      T kk[NC];
+      for (int j = 0; j < N; ++j) kk[j] = k[j];
+      for (int64_t i = 0; i < len; ++i) p[i] = Op::forward(p[i], kk);
+      return;
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      T kk[NC];
+      for (int j = 0; j < N; ++j) kk[j] = k[j * kstride + i];
+      p[i] = Op::forward(p[i], kk);
+    }
   }
 
   void forward(int64_t t) const {

@@ -545,7 +545,19 @@ struct Kernels {
   static at::Tensor forward(const at::Tensor& x, const Coefs& coefs) {
     Call call = prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
                                 kIntegral<Op>);
-    if (call.numel == 0) return call.out;
+    if (call.numel > 0) launch_forward(call, x);
+    return call.out;
+  }
+
+  // x overwritten with the result (each element read, then written, by the same thread).
+  static void inplace(const at::Tensor& x, const Coefs& coefs) {
+    Call call = prepare_inplace(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
+                                kIntegral<Op>);
+    if (call.numel > 0) launch_forward(call, x);
+    if (!call.out.is_same(x)) x.copy_(call.out);
+  }
+
+  static void launch_forward(Call& call, const at::Tensor& x) {
     const c10::cuda::CUDAGuard guard(x.device());
     const int device = x.get_device();
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
@@ -577,7 +589,6 @@ struct Kernels {
                             table.const_data_ptr<T>(), static_cast<T*>(nullptr), stream);
       }
     });
-    return call.out;
   }
 
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,

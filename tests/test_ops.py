@@ -541,6 +541,28 @@ def test_ensemble_of_modules(coef_op, device, no_slow_vmap):
         torch.testing.assert_close(grads[name], want)
 
 
+def test_fx_symbolic_trace(op):
+    """torch.fx.symbolic_trace (torchvision's feature extraction, FX quantization) of a model
+    using the module and the function records them as calls, and the traced module computes what
+    the model computes."""
+    module = getattr(torchext.nn, op.cls)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module(num_parameters=4, dim=-1) if op.coefs else module()
+
+        def forward(self, x):
+            return self.inner(x) + function(op)(x, *[0.5] * len(op.coefs))
+
+    model = Model()
+    traced = torch.fx.symbolic_trace(model)
+    targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
+    assert targets.count(function(op)) == 2
+    x = randn(3, 4)
+    torch.testing.assert_close(traced(x), model(x))
+
+
 # ---- operator registration -----------------------------------------------------------------------
 
 

@@ -22,7 +22,9 @@ Python-number coefficients and call the operator. Every other check lives in the
 """
 
 import dataclasses
+import importlib
 import numbers
+import types
 
 import torch
 from torch import Tensor
@@ -138,6 +140,50 @@ def _doc(op: OpDef) -> str:
     )
 
 
+def _trace(fn, args, kwargs):
+    """fn(*args, **kwargs) as a node of the fx graph its Proxy x belongs to."""
+    return args[0].tracer.create_proxy("call_function", fn, args, kwargs)
+
+
+def _onnx_export_flag():
+    """The object whose in_onnx_export says torch.onnx.export's TorchScript-based (legacy)
+    exporter is tracing (where it lives depends on torch's version); a stand-in that never says
+    so if neither place has it."""
+    for where in ("torch.onnx._internal.torchscript_exporter._globals", "torch.onnx._globals"):
+        try:
+            return importlib.import_module(where).GLOBALS
+        except (ImportError, AttributeError):
+            continue
+    return types.SimpleNamespace(in_onnx_export=False)
+
+
+def _onnx_dynamo_export_flag():
+    """The module whose _is_onnx_exporting says torch.onnx.export's dynamo-based exporter runs."""
+    try:
+        return importlib.import_module("torch.onnx._internal.exporter._flags")
+    except ImportError:
+        return types.SimpleNamespace(_is_onnx_exporting=False)
+
+
+_ONNX_EXPORT, _ONNX_DYNAMO_EXPORT = _onnx_export_flag(), _onnx_dynamo_export_flag()
+
+
+def _transformed_call(function_class, op: OpDef, args):
+    """A call under a torch.func transform or forward-mode AD: through the Function class. Under
+    torch.onnx.export: for the legacy exporter the eager expression, which it translates (the
+    dynamo-based one decomposes the operator instead: _register_decomposition); in place, the
+    result copied into x (ONNX graphs are functional: an in-place operator has no translation)."""
+    inplace = function_class.__name__.endswith("InplaceFunction")
+    if _ONNX_EXPORT.in_onnx_export:
+        from . import reference
+
+        y = reference.EAGER[op.name](*args)
+        return args[0].copy_(y) if inplace else y
+    if inplace and _ONNX_DYNAMO_EXPORT._is_onnx_exporting:
+        return args[0].copy_(_operator(op)(*args))
+    return function_class.apply(*args)
+
+
 def _transformed() -> bool:
     """Whether a torch.func transform or forward-mode AD is active: then the functions go through
     the <cls>Function classes, which those support (the C++ derivatives cannot run there)."""
@@ -152,30 +198,40 @@ def _make_function(op: OpDef, function_class):
     args = ", ".join(("x", *op.coefs))
     params = ", ".join((args, *(["inplace=False"] if op.inplace else [])))
     lines = [f"def {op.name}({params}):"]
+    # Not a tensor: an fx Proxy (torch.fx.symbolic_trace) records the call; anything else is
+    # refused by _check_x, as is a jagged nested tensor.
+    kwargs = "{'inplace': inplace}" if op.inplace else "{}"
+    not_a_tensor = ["    if not isinstance(x, _Tensor) or x.is_nested:",
+                    "        if isinstance(x, _Proxy):",
+                    f"            return _trace(_self, ({args},), {kwargs})",
+                    f"        _check_x({op.name!r}, x)"]
     if op.inplace:  # the in-place operator; under a transform, a Function that writes into x
         lines += ["    if inplace:",
-                  "        if _functorch_active() or _forward_ad._current_level >= 0:",
-                  "            return _Inplace.apply(x)",
-                  "        if not isinstance(x, _Tensor) or x.is_nested:",
-                  f"            _check_x({op.name!r}, x)",
+                  "        if (_functorch_active() or _forward_ad._current_level >= 0"
+                  " or _onnx.in_onnx_export or _onnx_dynamo._is_onnx_exporting):",
+                  "            return _transformed_call(_Inplace, _op, (x,))",
+                  *["    " + line for line in not_a_tensor],
                   "        _inplace_operator(x)",
                   "        return x"]
-    lines += ["    if _functorch_active() or _forward_ad._current_level >= 0:",
-              f"        return _Function.apply({args})",
-              "    if not isinstance(x, _Tensor) or x.is_nested:",
-              f"        _check_x({op.name!r}, x)"]
+    lines += ["    if (_functorch_active() or _forward_ad._current_level >= 0"
+              " or _onnx.in_onnx_export):",
+              f"        return _transformed_call(_Function, _op, ({args},))",
+              *not_a_tensor]
     for c in op.coefs:
         lines += [f"    if not isinstance({c}, _Tensor):",
                   f"        {c} = _coef({op.name!r}, {c!r}, {c}, x)"]
     lines.append(f"    return _operator({args})")
     namespace = {"_operator": _operator(op), "_coef": _coef, "_check_x": _check_x,
                  "_Tensor": Tensor, "_Function": function_class, "_forward_ad": forward_ad,
-                 "_functorch_active": torch._C._are_functorch_transforms_active}
+                 "_functorch_active": torch._C._are_functorch_transforms_active,
+                 "_Proxy": torch.fx.Proxy, "_trace": _trace, "_onnx": _ONNX_EXPORT,
+                 "_onnx_dynamo": _ONNX_DYNAMO_EXPORT,
+                 "_transformed_call": _transformed_call, "_op": op}
     if op.inplace:
         namespace["_Inplace"] = _make_inplace_function(op)
         namespace["_inplace_operator"] = getattr(torch.ops.torchext, f"{op.name}_").default
     exec("\n".join(lines) + "\n", namespace)  # noqa: S102
-    fn = namespace[op.name]
+    fn = namespace["_self"] = namespace[op.name]
     fn.__module__, fn.__qualname__, fn.__doc__ = __name__, op.name, _doc(op)
     return fn
 
@@ -523,6 +579,29 @@ def _register_fakes(op: OpDef) -> None:
         torch.library.register_fake(f"torchext::{op.name}_")(fake_inplace)
 
 
+# ---- decompositions: the eager expression, for torch.onnx.export ---------------------------------
+
+
+def _register_decomposition(op: OpDef) -> None:
+    """The eager expression as the forward operator's decomposition in torch._decomp's table,
+    which torch.onnx.export (dynamo) applies to ops it has no ONNX function for: a model with
+    torchext ops exports to ONNX as it is. torch.compile and torch.export's own decompositions
+    use curated tables and keep the fused operator."""
+
+    def decomposition(x, *coefs):
+        from . import reference  # not on the fast path: only when decomposing
+
+        return reference.EAGER[op.name](x, *coefs).to(x.dtype)
+
+    torch._decomp.register_decomposition(_operator(op))(decomposition)
+    if op.inplace:
+        def inplace_decomposition(x, *coefs):
+            x.copy_(decomposition(x, *coefs))
+
+        inplace = getattr(torch.ops.torchext, f"{op.name}_").default
+        torch._decomp.register_decomposition(inplace)(inplace_decomposition)
+
+
 # ---- the table's functions and classes, as this module's names -----------------------------------
 
 __all__ = []
@@ -531,6 +610,7 @@ for _op in OPS.values():
     globals()[_op.name] = _make_function(_op, globals()[f"{_op.cls}Function"])
     _register_fakes(_op)
     _register_vmap_rules(_op)
+    _register_decomposition(_op)
     __all__ += [_op.name, f"{_op.cls}Function"]
 __all__.sort()
 del _op

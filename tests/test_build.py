@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -49,6 +50,68 @@ def test_package_exports_the_functional_api_and_its_modules():
         [*torchext.functional.__all__, "functional", "nn", "reference"]
     )
     assert all(hasattr(torchext, name) for name in torchext.__all__)
+
+
+def test_build_info_names_this_torch():
+    # Written by setup.py's build_ext next to the library: what the import-time check reads.
+    from torchext import _build_info
+
+    assert _build_info.TORCH_VERSION == torch.__version__
+    assert bool(_build_info.TORCH_CUDA) == bool(build_info()["cuda_archs"])
+    if _build_info.TORCH_CUDA:
+        assert _build_info.TORCH_CUDA == torch.version.cuda
+
+
+THIS_CUDA = torch.version.cuda or "13.0"
+OTHER_CUDA = f"{int(THIS_CUDA.split('.')[0]) - 1}.8"
+
+
+@pytest.mark.parametrize(
+    "built, built_cuda, found_cuda, expected",
+    [
+        ("2.13.0+cpu", None, THIS_CUDA, "built against torch 2.13.0+cpu, and this is torch "),
+        ("1.99.0", None, None, "built against torch 1.99.0, and this is torch "),
+        (None, THIS_CUDA, None, "built with CUDA kernels"),
+        (None, OTHER_CUDA, THIS_CUDA, f"built for CUDA {OTHER_CUDA}"),
+        (None, None, None, None),  # CPU kernels only: a CPU or CUDA torch of the release
+        ("patch", None, None, None),  # another patch release of the same torch: ABI-compatible
+        (None, THIS_CUDA, THIS_CUDA, None),
+    ],
+)
+def test_torch_mismatch_is_named(monkeypatch, built, built_cuda, found_cuda, expected):
+    release = torch.__version__.split("+")[0].rsplit(".", 1)[0]
+    version = {None: torch.__version__, "patch": f"{release}.99"}.get(built, built)
+    fake = types.SimpleNamespace(TORCH_VERSION=version, TORCH_CUDA=built_cuda, DEBUG=False)
+    monkeypatch.setitem(sys.modules, "torchext._build_info", fake)
+    monkeypatch.setattr(torch.version, "cuda", found_cuda)
+    problem = torchext._build_mismatch()
+    if expected is None:
+        assert problem is None
+    else:
+        assert expected in problem and torch.__version__ in problem
+
+
+def test_torch_mismatch_refuses_to_load_and_says_what_to_do():
+    # A build for another torch release must not load (an undefined symbol at best, a wrong ABI
+    # at worst): the import fails before it touches the library, naming both torch versions.
+    code = textwrap.dedent(
+        """
+        import sys, types
+        sys.modules["torchext._build_info"] = types.SimpleNamespace(
+            TORCH_VERSION="2.13.0+cpu", TORCH_CUDA=None, DEBUG=False)
+        try:
+            import torchext
+        except ImportError as e:
+            print(e)
+            print("library loaded:", "torchext._C" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("torchext's compiled kernels (torchext._C) cannot be loaded: ")
+    assert f"built against torch 2.13.0+cpu, and this is torch {torch.__version__}" in out.stdout
+    assert "pip install --no-build-isolation -e ." in out.stdout  # a source checkout
+    assert 'From a wheel: pip install "torch==2.13.*"' in out.stdout
+    assert "library loaded: False" in out.stdout
 
 
 def test_missing_library_says_how_to_build():

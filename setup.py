@@ -3,7 +3,7 @@ found.
 
 Switches (environment variables):
   USE_CUDA=0                skip the CUDA kernels; USE_CUDA=1 fails loudly if they cannot be built
-  DEBUG=1                   -O0 -g instead of -O3
+  DEBUG=1                   -O0 -g instead of -O3 -g0 (release builds carry no debug info)
   TORCH_CUDA_ARCH_LIST      GPU architectures; when unset and no GPU is visible: "8.0;9.0+PTX"
                             (Ampere, Hopper, and PTX that newer GPUs compile on first use)
   MAX_JOBS                  parallel compile jobs (ninja)
@@ -79,7 +79,11 @@ def extension():
     # serially without it. torch ships libgomp.so.1, the same soname, so one OpenMP runtime runs.
     # -ffp-contract=off: no fused multiply-adds, so the baseline and AVX2 loops (cpu/loops.h) give
     # the same bits and a CPU result does not depend on which x86-64 machine computed it.
-    cxx = opt + ["-fopenmp", "-ffp-contract=off", f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
+    # -g0: Python's own CFLAGS (sysconfig), which come first, carry -g, and debug info made up 16
+    # of the CPU library's 17 MB. The dynamic symbol table stays (no -s): backtraces still name
+    # our functions. (nvcc passes no -g to the host compiler by itself.)
+    cxx = opt + ([] if DEBUG else ["-g0"])
+    cxx += ["-fopenmp", "-ffp-contract=off", f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
     kwargs = dict(
         name="torchext._C",
         extra_link_args=["-fopenmp"],

@@ -62,6 +62,19 @@ def test_build_info_names_this_torch():
         assert _build_info.TORCH_CUDA == torch.version.cuda
 
 
+def test_release_cpu_library_is_small():
+    # Release builds carry no debug info (setup.py: -g0 after Python's CFLAGS, which say -g):
+    # 0.8 MB instead of 17 MB here. The dynamic symbols that name functions in a backtrace stay.
+    from torchext import _build_info
+
+    if _build_info.DEBUG:
+        pytest.skip("a DEBUG=1 build carries debug info on purpose")
+    if _build_info.TORCH_CUDA:
+        pytest.skip("the 4 MB budget is the CPU-only library's; CUDA device code adds to it")
+    size = os.path.getsize(torchext._C.__file__)
+    assert size < 4 * 2**20, f"{torchext._C.__file__}: {size / 2**20:.1f} MB (debug info?)"
+
+
 THIS_CUDA = torch.version.cuda or "13.0"
 OTHER_CUDA = f"{int(THIS_CUDA.split('.')[0]) - 1}.8"
 

@@ -10,7 +10,38 @@ The same as ``torch.autograd.Function`` subclasses (``CubicFunction`` ...), the 
 ``torch.ops.torchext`` (differentiable themselves: the functions call them).
 """
 
-import torch  # noqa: F401  (loads libtorch, which _C links against)
+import os
+import sys
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AffineLegendreP3Function",
+    "CubicFunction",
+    "LegendreP3Function",
+    "ReLUFunction",
+    "affine_legendre_p3",
+    "cubic",
+    "functional",
+    "legendre_p3",
+    "nn",
+    "reference",
+    "relu",
+]
+
+if TYPE_CHECKING:  # what _load() binds here, for type checkers and editors
+    from . import functional, nn, reference
+    from .functional import (
+        AffineLegendreP3Function,
+        CubicFunction,
+        LegendreP3Function,
+        ReLUFunction,
+        affine_legendre_p3,
+        cubic,
+        legendre_p3,
+        relu,
+    )
 
 
 def _release(version: str) -> str:
@@ -21,6 +52,8 @@ def _release(version: str) -> str:
 def _build_mismatch() -> str | None:
     """What is wrong with this torch for the compiled kernels, per torchext/_build_info.py (which
     setup.py writes when it builds them), or None."""
+    import torch
+
     try:
         from ._build_info import TORCH_CUDA, TORCH_VERSION
     except ImportError:  # not built yet, or by an older setup.py: let _C's import tell
@@ -53,39 +86,58 @@ def _load_error(problem: str) -> str:
     )
 
 
-_problem = _build_mismatch()
-if _problem:
-    raise ImportError(_load_error(_problem))
-try:
-    from . import _C  # noqa: F401  (its import registers torch.ops.torchext.*)
-except ImportError as e:
-    raise ImportError(_load_error(f"{e} (torch {torch.__version__})")) from e
-del _problem
+_loading = False  # while _load() runs: the submodules' imports must not come back through it
 
-from . import functional, nn, reference  # noqa: E402
-from .functional import (  # noqa: E402
-    AffineLegendreP3Function,
-    CubicFunction,
-    LegendreP3Function,
-    ReLUFunction,
-    affine_legendre_p3,
-    cubic,
-    legendre_p3,
-    relu,
-)
 
-__version__ = "0.1.0"
+def _load() -> None:
+    """Imports torch, loads the kernels built for it (their import registers torch.ops.torchext.*)
+    and binds the API here. Runs at import, except at the start of the command line."""
+    global _loading
+    import torch
 
-__all__ = [
-    "AffineLegendreP3Function",
-    "CubicFunction",
-    "LegendreP3Function",
-    "ReLUFunction",
-    "affine_legendre_p3",
-    "cubic",
-    "functional",
-    "legendre_p3",
-    "nn",
-    "reference",
-    "relu",
-]
+    problem = _build_mismatch()
+    if problem:
+        raise ImportError(_load_error(problem))
+    _loading = True
+    try:
+        try:
+            from . import _C  # noqa: F401
+        except ImportError as e:
+            raise ImportError(_load_error(f"{e} (torch {torch.__version__})")) from e
+        from . import functional, nn, reference  # noqa: F401  (the import binds them here)
+    finally:
+        _loading = False
+    globals().update((name, getattr(functional, name)) for name in functional.__all__)
+
+
+def _python_m_module() -> str | None:
+    """The module that ``python -m NAME`` (or ``-mNAME``) runs, from sys.orig_argv."""
+    args = iter(sys.orig_argv[1:])
+    for arg in args:
+        if arg.startswith("-m"):
+            return arg[2:] or next(args, None)
+    return None
+
+
+def _command_line_starting() -> bool:
+    """Whether this import starts torchext's command line (``python -m torchext``, or the
+    ``torchext`` script): then torch (seconds to import) waits until a subcommand needs it, and
+    ``--help`` answers at once. While ``python -m`` looks for its module, sys.argv[0] is "-m"."""
+    if sys.argv[:1] == ["-m"]:
+        return _python_m_module() in ("torchext", "torchext.__main__")
+    main = sys.modules.get("__main__")
+    return os.path.basename(getattr(main, "__file__", None) or "") == "torchext"
+
+
+if _command_line_starting():
+
+    def __getattr__(name: str):
+        """The API, loaded on first use (torchext/__main__.py loads it as soon as a subcommand is
+        chosen; this is for any other code in a process named torchext)."""
+        if _loading or name not in __all__:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        _load()
+        return globals()[name]
+
+else:
+    _load()

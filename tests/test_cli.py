@@ -9,6 +9,7 @@ independent of the other subcommands' modules); ``--help`` and one ``info`` go t
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import io
 import os
 import re
@@ -142,12 +143,16 @@ def test_a_build_for_another_torch_is_an_error_not_a_traceback(tmp_path):
 # ---- demo ----------------------------------------------------------------------------------------
 
 
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     # One thread: on a busy 2-core machine the two-layer net's matmuls can be 100x slower on two.
     png = tmp_path_factory.mktemp("demo") / "demo.png"
     threads = torch.get_num_threads()
-    argv = ["--quick", "--device", "cpu", "--threads", "1", "--plot", str(png)]
+    argv = ["--quick", "--device", "cpu", "--threads", "1"]
+    argv += ["--plot", str(png)] if HAVE_MATPLOTLIB else []  # optional: the bench extra's
     code, out, err = run_in_process(demo, argv)
     assert torch.get_num_threads() == threads  # restored
     return code, out, err, png
@@ -180,11 +185,20 @@ def test_demo_shows_progress_on_stderr(quick_demo):
 
 
 def test_demo_plot_writes_a_png(quick_demo):
+    pytest.importorskip("matplotlib")
     _, out, _, png = quick_demo
     assert f"plot written to {png}" in out
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(png) > 20_000
+
+
+def test_demo_plot_without_matplotlib_fails_before_running(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setattr(demo, "_run", lambda args: pytest.fail("ran without matplotlib"))
+    code, out, err = run_in_process(demo, ["--plot", "demo.png"])
+    assert code == 2 and out == ""
+    assert err == "error: --plot needs matplotlib: pip install matplotlib (or torchext[bench])\n"
 
 
 @pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))

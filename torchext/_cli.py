@@ -1,11 +1,12 @@
 """What the subcommands' options share, so that demo, bench and info spell and check them alike:
-``--device DEVICE``, ``--threads N``, positive numbers.
+``--device DEVICE``, ``--threads N``, positive numbers, and optional packages.
 
 Only a chosen subcommand's module imports this (torch is loaded by then); ``torchext --help``
 needs none of it.
 """
 
 import argparse
+import importlib.util
 
 
 def positive(kind):
@@ -55,3 +56,10 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for the run (torch.set_num_threads; default: torch's, "
                              f"here {torch.get_num_threads()})")
 
+
+def missing(package: str, needed_for: str) -> str | None:
+    """The error message when the optional ``package`` (of the ``bench`` extra) is not installed,
+    else None: checked before any work, so that a long run does not die at its end."""
+    if importlib.util.find_spec(package) is not None:
+        return None
+    return f"{needed_for} needs {package}: pip install {package} (or torchext[bench])"

@@ -670,6 +670,10 @@ def _plot_op(cfg, idx, op, pass_, dtype, ax_t, ax_b) -> None:
 
 
 def run(args) -> int:
+    error = _cli.missing("matplotlib", "bench (its plots)")
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     cfg = _settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)

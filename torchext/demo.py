@@ -21,7 +21,6 @@ them, so that tests and benchmarks can reuse the programs without the printing.
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -447,9 +446,9 @@ def step_count(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        print("error: --plot needs matplotlib: pip install matplotlib (or torchext[bench])",
-              file=sys.stderr)
+    error = args.plot and _cli.missing("matplotlib", "--plot")
+    if error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     threads = torch.get_num_threads()
     if args.threads:

@@ -133,6 +133,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow  # two subprocesses, 640 MB each: 6 s
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
                     reason="the bench sets glibc's malloc only")
 def test_kept_memory_is_reused_without_page_faults():

@@ -181,6 +181,7 @@ ISA_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two subprocesses over every op and dtype: 7 s
 def test_baseline_and_avx2_loops_agree_bitwise(tmp_path):
     """The CPU loops are compiled for baseline x86-64 and for AVX2; both must give the same bits.
     NaN payloads too, where both builds follow one rule: not for float16 (the baseline narrows it

@@ -103,8 +103,7 @@ template <const char* Name, class Formula>
 struct CoefBackwardFunction : torch::autograd::Function<CoefBackwardFunction<Name, Formula>> {
   static constexpr const char* kName = Name;
   static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& x,
-                               const Tensor& a, const Tensor& b, const Tensor& c,
-                               const Tensor& d) {
+                               const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& d) {
     ctx->save_for_backward({g, x, a, b, c, d});
     return as_list(call_below_autograd<CoefBackwardOp, Name>(g, x, a, b, c, d));
   }
@@ -123,8 +122,12 @@ struct CubicSecondOrder {
     const Tensor gg = gdx * dp + gda + x * (gdb + x * (gdc + x * gdd));
     const Tensor gx = g * (gdx * (2 * c + 6 * d * x) + gdb + x * (2 * gdc + 3 * gdd * x));
     const Tensor gdxg = gdx * g;
-    return {gg, gx, Tensor(),  // nothing in the first order depends on a
-            sum_to(gdxg, b), sum_to(2 * gdxg * x, c), sum_to(3 * gdxg * x * x, d)};
+    return {gg,
+            gx,
+            Tensor(),  // nothing in the first order depends on a
+            sum_to(gdxg, b),
+            sum_to(2 * gdxg * x, c),
+            sum_to(3 * gdxg * x * x, d)};
   }
 };
 
@@ -144,8 +147,11 @@ struct AffineLegendreP3SecondOrder {
     const Tensor gpd = g * dp;  // ∂(g·P)/∂u
     const Tensor gg = b * dp * w + gda + gdb * p;
     const Tensor gx = gbddp_w * d + g * b * dp * gdd + gdb * gpd * d;
-    return {gg, gx, Tensor(),  // nothing in the first order depends on a
-            sum_to(gpd * w, b), sum_to(gbddp_w + gdb * gpd, c),
+    return {gg,
+            gx,
+            Tensor(),  // nothing in the first order depends on a
+            sum_to(gpd * w, b),
+            sum_to(gbddp_w + gdb * gpd, c),
             sum_to(gbddp_w * x + g * b * dp * gdx + gdb * gpd * x, d)};
   }
 };

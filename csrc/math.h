@@ -74,7 +74,9 @@ template <typename T>
 C10_HOST_DEVICE inline void store(void* p, Dtype t, T v) {
   switch (t) {
     case Dtype::Half: *static_cast<c10::Half*>(p) = c10::Half(static_cast<float>(v)); break;
-    case Dtype::BFloat16: *static_cast<c10::BFloat16*>(p) = c10::BFloat16(static_cast<float>(v)); break;
+    case Dtype::BFloat16:
+      *static_cast<c10::BFloat16*>(p) = c10::BFloat16(static_cast<float>(v));
+      break;
     case Dtype::Float: *static_cast<float*>(p) = static_cast<float>(v); break;
     default: *static_cast<double*>(p) = static_cast<double>(v);
   }
@@ -102,7 +104,8 @@ struct WithCoefs {
 template <typename scalar_t>
 struct CubicOp : WithCoefs<scalar_t> {
   using typename WithCoefs<scalar_t>::acc_t;
-  using WithCoefs<scalar_t>::a, WithCoefs<scalar_t>::b, WithCoefs<scalar_t>::c, WithCoefs<scalar_t>::d;
+  using WithCoefs<scalar_t>::a, WithCoefs<scalar_t>::b, WithCoefs<scalar_t>::c,
+      WithCoefs<scalar_t>::d;
 
   C10_HOST_DEVICE scalar_t forward(scalar_t x) const {
     return static_cast<scalar_t>(cubic(acc_t(x), a, b, c, d));
@@ -132,7 +135,8 @@ struct LegendreP3Op {
 template <typename scalar_t>
 struct AffineLegendreP3Op : WithCoefs<scalar_t> {
   using typename WithCoefs<scalar_t>::acc_t;
-  using WithCoefs<scalar_t>::a, WithCoefs<scalar_t>::b, WithCoefs<scalar_t>::c, WithCoefs<scalar_t>::d;
+  using WithCoefs<scalar_t>::a, WithCoefs<scalar_t>::b, WithCoefs<scalar_t>::c,
+      WithCoefs<scalar_t>::d;
 
   C10_HOST_DEVICE scalar_t forward(scalar_t x) const {
     return static_cast<scalar_t>(a + b * p3(c + d * acc_t(x)));

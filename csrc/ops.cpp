@@ -44,9 +44,8 @@ std::string build_info() {
 // without OpenMP).
 int64_t parallel_threads() {
   std::atomic<uint64_t> seen{0};
-  at::parallel_for(0, 64 * at::get_num_threads(), 1, [&](int64_t, int64_t) {
-    seen |= uint64_t{1} << (at::get_thread_num() % 64);
-  });
+  at::parallel_for(0, 64 * at::get_num_threads(), 1,
+                   [&](int64_t, int64_t) { seen |= uint64_t{1} << (at::get_thread_num() % 64); });
   return __builtin_popcountll(seen.load());
 }
 

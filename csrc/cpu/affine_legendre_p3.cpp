@@ -9,12 +9,13 @@ namespace {
 constexpr const char* kOp = "torchext.affine_legendre_p3";
 
 at::Tensor affine_legendre_p3(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
-                 const at::Tensor& c, const at::Tensor& d) {
+                              const at::Tensor& c, const at::Tensor& d) {
   return cpu::coef_forward<math::AffineLegendreP3Op>(kOp, x, a, b, c, d);
 }
 
-cpu::Grads5 affine_legendre_p3_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& a,
-                           const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
+cpu::Grads5 affine_legendre_p3_backward(const at::Tensor& grad, const at::Tensor& x,
+                                        const at::Tensor& a, const at::Tensor& b,
+                                        const at::Tensor& c, const at::Tensor& d) {
   return cpu::coef_backward<math::AffineLegendreP3Op>(kOp, grad, x, a, b, c, d);
 }
 

@@ -8,8 +8,8 @@ namespace {
 
 constexpr const char* kOp = "torchext.cubic";
 
-at::Tensor cubic(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
-                 const at::Tensor& c, const at::Tensor& d) {
+at::Tensor cubic(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
+                 const at::Tensor& d) {
   return cpu::coef_forward<math::CubicOp>(kOp, x, a, b, c, d);
 }
 

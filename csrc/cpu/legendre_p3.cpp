@@ -8,7 +8,9 @@ namespace {
 
 constexpr const char* kOp = "torchext.legendre_p3";
 
-at::Tensor legendre_p3(const at::Tensor& x) { return cpu::unary_forward<math::LegendreP3Op>(kOp, x); }
+at::Tensor legendre_p3(const at::Tensor& x) {
+  return cpu::unary_forward<math::LegendreP3Op>(kOp, x);
+}
 
 at::Tensor legendre_p3_backward(const at::Tensor& grad, const at::Tensor& x) {
   return cpu::unary_backward<math::LegendreP3Op>(kOp, grad, x, "x");

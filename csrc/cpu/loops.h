@@ -22,8 +22,8 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
@@ -72,9 +72,9 @@ namespace cpu {
 
 // Runs the loop `NAME` of the chosen instruction set.
 #if TORCHEXT_HAVE_AVX2
-#define TORCHEXT_CPU_LOOP(NAME, ...)                                                \
+#define TORCHEXT_CPU_LOOP(NAME, ...)                                              \
   (::torchext::cpu::isa() == ::torchext::cpu::Isa::Avx2 ? avx2::NAME(__VA_ARGS__) \
-                                                          : base::NAME(__VA_ARGS__))
+                                                        : base::NAME(__VA_ARGS__))
 #else
 #define TORCHEXT_CPU_LOOP(NAME, ...) base::NAME(__VA_ARGS__)
 #endif
@@ -104,9 +104,9 @@ constexpr bool kOnStoredType<Functor, std::void_t<decltype(Functor::kOnStoredTyp
     Functor::kOnStoredType;
 
 template <template <typename> class Op, typename scalar_t>
-using compute_t = std::conditional_t<kOnStoredType<Op<scalar_t>> &&
-                                         !std::is_same_v<scalar_t, c10::Half>,
-                                     scalar_t, at::opmath_type<scalar_t>>;
+using compute_t =
+    std::conditional_t<kOnStoredType<Op<scalar_t>> && !std::is_same_v<scalar_t, c10::Half>,
+                       scalar_t, at::opmath_type<scalar_t>>;
 
 // y = f(x)
 template <template <typename> class Op>

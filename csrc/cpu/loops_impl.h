@@ -91,8 +91,8 @@ inline void narrow(const float* __restrict__ src, c10::Half* dst, int64_t n) {
     const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
   }
-  for (; i < n; ++i) dst[i] = c10::Half(_cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT),
-                                        c10::Half::from_bits());
+  for (; i < n; ++i)
+    dst[i] = c10::Half(_cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT), c10::Half::from_bits());
 }
 #else
 inline void widen(const c10::Half* src, float* __restrict__ dst, int64_t n) {

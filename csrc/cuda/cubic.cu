@@ -8,13 +8,13 @@ namespace {
 
 constexpr const char* kOp = "torchext.cubic";
 
-at::Tensor cubic(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
-                 const at::Tensor& c, const at::Tensor& d) {
+at::Tensor cubic(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
+                 const at::Tensor& d) {
   return cuda::coef_forward<math::CubicOp>(kOp, x, a, b, c, d);
 }
 
 cuda::Grads5 cubic_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& a,
-                           const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
+                            const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
   return cuda::coef_backward<math::CubicOp>(kOp, grad, x, a, b, c, d);
 }
 

@@ -197,7 +197,8 @@ void map2_reduce4(const at::Tensor& like, const scalar_t* g, const scalar_t* x, 
   const int64_t blocks = n == 0 ? 0 : grid_for(vec ? (n + V - 1) / V : n, device);
   // The partials come from PyTorch's caching allocator: no cudaMalloc, no sync.
   const at::Tensor partial =
-      at::empty({std::max<int64_t>(blocks, 1) * 4}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      at::empty({std::max<int64_t>(blocks, 1) * 4},
+                like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* p = partial.mutable_data_ptr<acc_t>();
   if (blocks > 0) {
     if (vec) {

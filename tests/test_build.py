@@ -77,12 +77,14 @@ def test_release_cpu_library_is_small():
 
 THIS_CUDA = torch.version.cuda or "13.0"
 OTHER_CUDA = f"{int(THIS_CUDA.split('.')[0]) - 1}.8"
+_MAJOR, _MINOR = map(int, torch.__version__.split(".")[:2])
+OTHER_RELEASE = f"{_MAJOR}.{_MINOR - 1 if _MINOR else _MINOR + 1}.0+cpu"  # not this torch's
 
 
 @pytest.mark.parametrize(
     "built, built_cuda, found_cuda, expected",
     [
-        ("2.13.0+cpu", None, THIS_CUDA, "built against torch 2.13.0+cpu, and this is torch "),
+        (OTHER_RELEASE, None, THIS_CUDA, f"built against torch {OTHER_RELEASE}, and this is "),
         ("1.99.0", None, None, "built against torch 1.99.0, and this is torch "),
         (None, THIS_CUDA, None, "built with CUDA kernels"),
         (None, OTHER_CUDA, THIS_CUDA, f"built for CUDA {OTHER_CUDA}"),
@@ -111,7 +113,7 @@ def test_torch_mismatch_refuses_to_load_and_says_what_to_do():
         """
         import sys, types
         sys.modules["torchext._build_info"] = types.SimpleNamespace(
-            TORCH_VERSION="2.13.0+cpu", TORCH_CUDA=None, DEBUG=False)
+            TORCH_VERSION="1.13.0+cpu", TORCH_CUDA=None, DEBUG=False)
         try:
             import torchext
         except ImportError as e:
@@ -121,9 +123,9 @@ def test_torch_mismatch_refuses_to_load_and_says_what_to_do():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("torchext's compiled kernels (torchext._C) cannot be loaded: ")
-    assert f"built against torch 2.13.0+cpu, and this is torch {torch.__version__}" in out.stdout
+    assert f"built against torch 1.13.0+cpu, and this is torch {torch.__version__}" in out.stdout
     assert "pip install --no-build-isolation -e ." in out.stdout  # a source checkout
-    assert 'From a wheel: pip install "torch==2.13.*"' in out.stdout
+    assert 'From a wheel: pip install "torch==1.13.*"' in out.stdout
     assert "library loaded: False" in out.stdout
 
 

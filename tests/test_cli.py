@@ -130,12 +130,12 @@ def test_a_build_for_another_torch_is_an_error_not_a_traceback(tmp_path):
     script = tmp_path / "torchext"
     script.write_text("import sys, types\n"
                       "sys.modules['torchext._build_info'] = types.SimpleNamespace(\n"
-                      "    TORCH_VERSION='2.13.0+cpu', TORCH_CUDA=None, DEBUG=False)\n" + SCRIPT)
+                      "    TORCH_VERSION='1.13.0+cpu', TORCH_CUDA=None, DEBUG=False)\n" + SCRIPT)
     result = subprocess.run([sys.executable, str(script), "info"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("error: torchext's compiled kernels (torchext._C) cannot be "
-                                    "loaded: they were built against torch 2.13.0+cpu")
+                                    "loaded: they were built against torch 1.13.0+cpu")
     assert "pip install --no-build-isolation -e ." in result.stderr
     assert "Traceback" not in result.stderr
 

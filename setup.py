@@ -3,7 +3,7 @@ found.
 
 Switches (environment variables):
   USE_CUDA=0                skip the CUDA kernels; USE_CUDA=1 fails loudly if they cannot be built
-  DEBUG=1                   -O0 -g instead of -O3
+  DEBUG=1                   -O0 -g instead of -O3 -g0 (release builds carry no debug info)
   TORCH_CUDA_ARCH_LIST      GPU architectures; when unset and no GPU is visible: "8.0;9.0+PTX"
                             (Ampere, Hopper, and PTX that newer GPUs compile on first use)
   MAX_JOBS                  parallel compile jobs (ninja)
@@ -41,6 +41,11 @@ from torch.utils.cpp_extension import (  # noqa: E402
 )
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+DEBUG = os.environ.get("DEBUG", "0") == "1"
+# The compiled library works only with the torch release it was built against (torch's C++ ABI
+# changes between releases): wheels and editable installs require that release, so that pip keeps
+# it or reports a conflict instead of installing a library that cannot load.
+TORCH_RELEASE = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
 def want_cuda() -> bool:
@@ -65,9 +70,8 @@ def cuda_archs() -> str:
 
 
 def extension():
-    debug = os.environ.get("DEBUG", "0") == "1"
     cuda = want_cuda()
-    opt = ["-O0", "-g"] if debug else ["-O3"]
+    opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/layout.cpp"]
     sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     archs = cuda_archs() if cuda else ""
@@ -78,8 +82,12 @@ def extension():
     # -fno-trapping-math: no FP exception flags are relied on, so the compiler may turn the
     # selects of the compensated sums into blends and vectorize them (cpu/loops_impl.h); results
     # are IEEE's all the same.
-    cxx = opt + ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
-                 f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
+    # -g0: Python's own CFLAGS (sysconfig), which come first, carry -g, and debug info made up 16
+    # of the CPU library's 17 MB. The dynamic symbol table stays (no -s): backtraces still name
+    # our functions. (nvcc passes no -g to the host compiler by itself.)
+    cxx = opt + ([] if DEBUG else ["-g0"])
+    cxx += ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
+            f'-DTORCHEXT_CUDA_ARCHS="{archs}"']
     kwargs = dict(
         name="torchext._C",
         extra_link_args=["-fopenmp"],
@@ -96,4 +104,28 @@ def extension():
     )
 
 
-setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})
+class BuildExtensionWithInfo(BuildExtension):
+    """Also writes torchext/_build_info.py beside the compiled library (in the wheel, or in the
+    source tree for in-place and editable builds): what torchext/__init__.py checks before it
+    loads the library, so that a torch mismatch gets a clear error instead of an undefined symbol.
+    """
+
+    def run(self):
+        super().run()
+        ext = self.extensions[0]
+        info = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_build_info.py")
+        cuda = any(source.endswith(".cu") for source in ext.sources)
+        with open(info, "w", encoding="utf-8") as f:
+            f.write(
+                "# Written by setup.py when it built torchext._C (not in git).\n"
+                f"TORCH_VERSION = {torch.__version__!r}  # the torch it was built against\n"
+                f"TORCH_CUDA = {torch.version.cuda if cuda else None!r}  # None: no CUDA kernels\n"
+                f"DEBUG = {DEBUG!r}\n"
+            )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtensionWithInfo},
+    install_requires=[f"torch=={TORCH_RELEASE}.*"],
+)

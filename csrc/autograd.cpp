@@ -80,8 +80,12 @@ struct SecondOrder<math::Cubic> {
     const Tensor gg = gdx * dp + gda + x * (gdb + x * (gdc + x * gdd));
     const Tensor gx = g * (gdx * (2 * c + 6 * d * x) + gdb + x * (2 * gdc + 3 * gdd * x));
     const Tensor gdxg = gdx * g;
-    return {gg, gx, Tensor(),  // nothing in the first order depends on a
-            sum_to(gdxg, b), sum_to(2 * gdxg * x, c), sum_to(3 * gdxg * x * x, d)};
+    return {gg,
+            gx,
+            Tensor(),  // nothing in the first order depends on a
+            sum_to(gdxg, b),
+            sum_to(2 * gdxg * x, c),
+            sum_to(3 * gdxg * x * x, d)};
   }
 };
 
@@ -102,8 +106,11 @@ struct SecondOrder<math::AffineLegendreP3> {
     const Tensor gpd = g * dp;  // ∂(g·P)/∂u
     const Tensor gg = b * dp * w + gda + gdb * p;
     const Tensor gx = gbddp_w * d + g * b * dp * gdd + gdb * gpd * d;
-    return {gg, gx, Tensor(),  // nothing in the first order depends on a
-            sum_to(gpd * w, b), sum_to(gbddp_w + gdb * gpd, c),
+    return {gg,
+            gx,
+            Tensor(),  // nothing in the first order depends on a
+            sum_to(gpd * w, b),
+            sum_to(gbddp_w + gdb * gpd, c),
             sum_to(gbddp_w * x + g * b * dp * gdx + gdb * gpd * x, d)};
   }
 };
@@ -195,7 +202,8 @@ struct BackwardFunction : torch::autograd::Function<BackwardFunction<Op>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& v,
                                const C&... coefs) {
     ctx->save_for_backward({g, v, coefs...});
-    auto out = Signature<Op>::unpack(call_below_autograd(Operators<Op>::backward(), g, v, coefs...));
+    auto out =
+        Signature<Op>::unpack(call_below_autograd(Operators<Op>::backward(), g, v, coefs...));
     return variable_list(out.begin(), out.end());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -214,7 +222,8 @@ bool has_tangent(const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0
 // (Also when an input is not a dense tensor: the backend kernels then refuse it, naming the op
 // and the argument, where a Function would fail on it first with a message of its own.)
 template <size_t N>
-bool records_nothing(std::initializer_list<const Tensor*> first, const std::array<Tensor, N>& coefs) {
+bool records_nothing(std::initializer_list<const Tensor*> first,
+                     const std::array<Tensor, N>& coefs) {
   bool recording = false, tangent = false, dense = true;
   auto look = [&](const Tensor& t) {
     recording |= t.requires_grad();
@@ -246,7 +255,8 @@ struct AutogradKernels {
     return std::apply(
         [&](const auto&... c) {
           if (records_nothing({&g, &v}, coefs)) {
-            return Signature<Op>::unpack(call_below_autograd(Operators<Op>::backward(), g, v, c...));
+            return Signature<Op>::unpack(
+                call_below_autograd(Operators<Op>::backward(), g, v, c...));
           }
           const variable_list out = BackwardFunction<Op>::apply(g, v, c...);
           std::array<Tensor, N + 1> result;
@@ -311,7 +321,8 @@ void register_derivatives(torch::Library& m) {
   m.impl(OpName<Op>::kName, &S::template forward<AutogradKernels<Op>>);
   m.impl((std::string(OpName<Op>::kName) + "_backward").c_str(),
          &S::template backward<AutogradKernels<Op>>);
-  if constexpr (kInplace<Op>) m.impl((std::string(OpName<Op>::kName) + "_").c_str(), &inplace_autograd<Op>);
+  if constexpr (kInplace<Op>)
+    m.impl((std::string(OpName<Op>::kName) + "_").c_str(), &inplace_autograd<Op>);
 }
 
 template <class Op>

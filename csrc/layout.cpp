@@ -39,7 +39,9 @@ constexpr const char* kShapes =
 void check_dense(const char* op, const char* what, const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(!t.is_nested() && t.layout() == at::kStrided && !t.is_quantized(), op, ": ",
                    what, "'", name, "' must be a dense (strided) tensor, got ",
-                   t.is_nested() ? "a nested tensor" : t.is_quantized() ? "a quantized tensor" : "",
+                   t.is_nested()      ? "a nested tensor"
+                   : t.is_quantized() ? "a quantized tensor"
+                                      : "",
                    t.is_nested() || t.is_quantized() ? "" : c10::str(t.layout()));
 }
 
@@ -145,7 +147,8 @@ DimList memory_order(const at::Tensor& out) {
   return dims;
 }
 
-// ---- coefficients: which block of x's dims they vary along ---------------------------------------
+// ---- coefficients: which block of x's dims they vary along
+// ---------------------------------------
 
 // Coefficient dims right-aligned against x: [lo, hi) spans the non-1 ones; exact when every dim
 // in between has x's size (so the coefficient's elements are the block's, in order).

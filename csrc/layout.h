@@ -26,7 +26,7 @@ constexpr int kMaxDims = 16;
 // How a kernel reads an input (x, the saved result, or the gradient) at the flat index e.
 struct Operand {
   enum Kind : int8_t { kDense, kBroadcast, kStrided };
-  Kind kind = kDense;    // kDense: at data + e (the result's strides); kBroadcast: at data
+  Kind kind = kDense;  // kDense: at data + e (the result's strides); kBroadcast: at data
   const void* data = nullptr;
   // kStrided: the input's dims in the result's memory order, outermost first, coalesced; the
   // element e is at data + Σ_d ((e / ostride[d]) % size[d]) · stride[d].
@@ -99,19 +99,19 @@ void finish_backward(Call& call);
 struct Tiling {
   bool runs = true;
   int64_t W = 0, rows = 0, rows_per_tile = 1, row_tiles = 0;
-  int64_t seg = 0, segs = 0;                    // runs
-  int64_t slots_per_tile = 0, col_tiles = 0;    // columns
+  int64_t seg = 0, segs = 0;                  // runs
+  int64_t slots_per_tile = 0, col_tiles = 0;  // columns
   int64_t tiles = 0;
   int64_t partials = 0;  // partial sums per coefficient
 };
 
 struct TileSizes {
-  int64_t target;   // elements a tile should hold
-  int64_t min_run;  // runs of P >= min_run elements are tiled as runs
-  int64_t seg;      // longest segment of a run
-  int64_t cols;     // most columns in a column tile (whole slots)
-  int64_t min_rows; // fewest rows in a column tile (when there are as many)
-  int64_t max_rows; // most rows in a column tile
+  int64_t target;    // elements a tile should hold
+  int64_t min_run;   // runs of P >= min_run elements are tiled as runs
+  int64_t seg;       // longest segment of a run
+  int64_t cols;      // most columns in a column tile (whole slots)
+  int64_t min_rows;  // fewest rows in a column tile (when there are as many)
+  int64_t max_rows;  // most rows in a column tile
 };
 
 Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes);

@@ -145,14 +145,14 @@ C10_HOST_DEVICE inline bool negative_bits(uint16_t bits, uint16_t inf_bits) {
   return (bits & 0x8000) != 0 && magnitude != 0 && magnitude <= inf_bits;
 }
 
-#define TORCHEXT_RELU_BITS(T, INF)                                                        \
-  template <>                                                                             \
-  C10_HOST_DEVICE inline T ReLU::forward<T>(T x, const T*) {                              \
-    return negative_bits(x.x, INF) ? T(0, T::from_bits()) : x;                            \
-  }                                                                                       \
-  template <>                                                                             \
-  C10_HOST_DEVICE inline T ReLU::backward<T>(T g, T y, const T*, T*) {                    \
-    return (y.x & 0x7FFF) == 0 || negative_bits(y.x, INF) ? T(0, T::from_bits()) : g;     \
+#define TORCHEXT_RELU_BITS(T, INF)                                                    \
+  template <>                                                                         \
+  C10_HOST_DEVICE inline T ReLU::forward<T>(T x, const T*) {                          \
+    return negative_bits(x.x, INF) ? T(0, T::from_bits()) : x;                        \
+  }                                                                                   \
+  template <>                                                                         \
+  C10_HOST_DEVICE inline T ReLU::backward<T>(T g, T y, const T*, T*) {                \
+    return (y.x & 0x7FFF) == 0 || negative_bits(y.x, INF) ? T(0, T::from_bits()) : g; \
   }
 TORCHEXT_RELU_BITS(c10::Half, 0x7C00)
 TORCHEXT_RELU_BITS(c10::BFloat16, 0x7F80)
@@ -177,7 +177,9 @@ template <typename T>
 C10_HOST_DEVICE inline void store(void* p, Dtype t, T v) {
   switch (t) {
     case Dtype::Half: *static_cast<c10::Half*>(p) = c10::Half(static_cast<float>(v)); break;
-    case Dtype::BFloat16: *static_cast<c10::BFloat16*>(p) = c10::BFloat16(static_cast<float>(v)); break;
+    case Dtype::BFloat16:
+      *static_cast<c10::BFloat16*>(p) = c10::BFloat16(static_cast<float>(v));
+      break;
     case Dtype::Float: *static_cast<float*>(p) = static_cast<float>(v); break;
     default: *static_cast<double*>(p) = static_cast<double>(v);
   }

@@ -48,9 +48,8 @@ std::string build_info() {
 // without OpenMP).
 int64_t parallel_threads() {
   std::atomic<uint64_t> seen{0};
-  at::parallel_for(0, 64 * at::get_num_threads(), 1, [&](int64_t, int64_t) {
-    seen |= uint64_t{1} << (at::get_thread_num() % 64);
-  });
+  at::parallel_for(0, 64 * at::get_num_threads(), 1,
+                   [&](int64_t, int64_t) { seen |= uint64_t{1} << (at::get_thread_num() % 64); });
   return __builtin_popcountll(seen.load());
 }
 
@@ -62,8 +61,7 @@ template <class Op>
 struct Refuse {
   static constexpr int N = kNumCoefs<Op>;
   static at::Tensor forward(const at::Tensor& x, const std::array<at::Tensor, N>& coefs) {
-    prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
-                    kIntegral<Op>);
+    prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N}, kIntegral<Op>);
     TORCH_CHECK(false, OpName<Op>::kQualified, ": unsupported tensor type");
   }
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,

@@ -29,11 +29,11 @@ namespace torchext {
 // is how error messages name it.
 template <class Op>
 struct OpName;
-#define TORCHEXT_OP_NAME(name, Op)                                    \
-  template <>                                                         \
-  struct OpName<math::Op> {                                           \
-    static constexpr const char* kName = #name;                       \
-    static constexpr const char* kQualified = "torchext." #name;      \
+#define TORCHEXT_OP_NAME(name, Op)                               \
+  template <>                                                    \
+  struct OpName<math::Op> {                                      \
+    static constexpr const char* kName = #name;                  \
+    static constexpr const char* kQualified = "torchext." #name; \
   };
 TORCHEXT_OPS(TORCHEXT_OP_NAME)
 #undef TORCHEXT_OP_NAME
@@ -41,10 +41,10 @@ TORCHEXT_OPS(TORCHEXT_OP_NAME)
 template <class Op>
 constexpr int kNumCoefs = static_cast<int>(Op::kCoefs.size());
 
-#define TORCHEXT_TRAIT(TRAIT, TYPE, DEFAULT)                                        \
-  template <class Op, typename = void>                                            \
-  constexpr TYPE TRAIT = DEFAULT;                                                 \
-  template <class Op>                                                             \
+#define TORCHEXT_TRAIT(TRAIT, TYPE, DEFAULT) \
+  template <class Op, typename = void>       \
+  constexpr TYPE TRAIT = DEFAULT;            \
+  template <class Op>                        \
   constexpr TYPE TRAIT<Op, std::void_t<decltype(Op::TRAIT)>> = Op::TRAIT;
 
 TORCHEXT_TRAIT(kSavesResult, bool, false)
@@ -61,7 +61,8 @@ constexpr const char* kSavedName = kSavesResult<Op> ? "result" : "x";
 // ---- the operators' C++ signatures, from the number of coefficients ---------------------------
 // Forward:  Tensor (const Tensor& x, const Tensor& c0, ...)
 // Backward: Tensor (const Tensor& grad, const Tensor& v) without coefficients, else
-//           tuple<Tensor dx, Tensor dc0, ...> (const Tensor& grad, const Tensor& v, const Tensor& c0, ...)
+//           tuple<Tensor dx, Tensor dc0, ...> (const Tensor& grad, const Tensor& v, const Tensor&
+//           c0, ...)
 
 // (Struct members rather than alias templates: nvcc's front end drops an alias template's unused
 // parameter, and the packs below would then expand nothing.)
@@ -89,7 +90,8 @@ struct Signature<Op, std::index_sequence<I...>> {
   static SecondOrderResult second_order(const at::Tensor& grad, const at::Tensor& v,
                                         typename Each<I>::Arg... c, const at::Tensor& grad_dx,
                                         typename Each<I>::Arg... grad_dc) {
-    const std::array<at::Tensor, N + 2> out = Impl::second_order({grad, v, c...}, {grad_dx, grad_dc...});
+    const std::array<at::Tensor, N + 2> out =
+        Impl::second_order({grad, v, c...}, {grad_dx, grad_dc...});
     return {out[0], out[1], out[I + 2]...};
   }
 
@@ -107,7 +109,8 @@ struct Signature<Op, std::index_sequence<I...>> {
     Impl::inplace(x, Coefs{c...});
   }
   template <class Impl>
-  static BackwardResult backward(const at::Tensor& grad, const at::Tensor& v, typename Each<I>::Arg... c) {
+  static BackwardResult backward(const at::Tensor& grad, const at::Tensor& v,
+                                 typename Each<I>::Arg... c) {
     return pack(Impl::backward(grad, v, Coefs{c...}));
   }
   static BackwardResult pack(std::array<at::Tensor, N + 1> out) {

@@ -29,6 +29,7 @@ def parse(argv):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    pytest.importorskip("matplotlib")  # the bench extra's: the bench draws its plots
     out = tmp_path_factory.mktemp("bench")
     result = subprocess.run(
         [sys.executable, "-m", "torchext", "bench", "--quick", "--ops", "cubic", "--out", str(out)],
@@ -108,6 +109,15 @@ def test_quick_writes_markdown_and_plots(quick_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_without_matplotlib_it_fails_before_timing(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setattr(bench, "_measure", lambda *args: pytest.fail("timed without matplotlib"))
+    assert bench.run(parse(["--quick", "--out", str(tmp_path)])) == 2
+    assert capsys.readouterr().err == (
+        "error: bench (its plots) needs matplotlib: pip install matplotlib (or torchext[bench])\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_contenders_take_turns():
     # Each statement is timed in every round, one after the other (after a warm-up of each), and
     # its times collect the blocks of all its turns.
@@ -133,6 +143,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow  # two subprocesses, 640 MB each: 6 s
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
                     reason="the bench sets glibc's malloc only")
 def test_kept_memory_is_reused_without_page_faults():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -46,6 +47,83 @@ def test_package_exports_the_functional_api_and_its_modules():
         [*torchext.functional.__all__, "functional", "nn", "reference"]
     )
     assert all(hasattr(torchext, name) for name in torchext.__all__)
+
+
+def test_build_info_names_this_torch():
+    # Written by setup.py's build_ext next to the library: what the import-time check reads.
+    from torchext import _build_info
+
+    assert _build_info.TORCH_VERSION == torch.__version__
+    assert bool(_build_info.TORCH_CUDA) == bool(build_info()["cuda_archs"])
+    if _build_info.TORCH_CUDA:
+        assert _build_info.TORCH_CUDA == torch.version.cuda
+
+
+def test_release_cpu_library_is_small():
+    # Release builds carry no debug info (setup.py: -g0 after Python's CFLAGS, which say -g):
+    # 0.8 MB instead of 17 MB here. The dynamic symbols that name functions in a backtrace stay.
+    from torchext import _build_info
+
+    if _build_info.DEBUG:
+        pytest.skip("a DEBUG=1 build carries debug info on purpose")
+    if _build_info.TORCH_CUDA:
+        pytest.skip("the 4 MB budget is the CPU-only library's; CUDA device code adds to it")
+    size = os.path.getsize(torchext._C.__file__)
+    assert size < 4 * 2**20, f"{torchext._C.__file__}: {size / 2**20:.1f} MB (debug info?)"
+
+
+THIS_CUDA = torch.version.cuda or "13.0"
+OTHER_CUDA = f"{int(THIS_CUDA.split('.')[0]) - 1}.8"
+_MAJOR, _MINOR = map(int, torch.__version__.split(".")[:2])
+OTHER_RELEASE = f"{_MAJOR}.{_MINOR - 1 if _MINOR else _MINOR + 1}.0+cpu"  # not this torch's
+
+
+@pytest.mark.parametrize(
+    "built, built_cuda, found_cuda, expected",
+    [
+        (OTHER_RELEASE, None, THIS_CUDA, f"built against torch {OTHER_RELEASE}, and this is "),
+        ("1.99.0", None, None, "built against torch 1.99.0, and this is torch "),
+        (None, THIS_CUDA, None, "built with CUDA kernels"),
+        (None, OTHER_CUDA, THIS_CUDA, f"built for CUDA {OTHER_CUDA}"),
+        (None, None, None, None),  # CPU kernels only: a CPU or CUDA torch of the release
+        ("patch", None, None, None),  # another patch release of the same torch: ABI-compatible
+        (None, THIS_CUDA, THIS_CUDA, None),
+    ],
+)
+def test_torch_mismatch_is_named(monkeypatch, built, built_cuda, found_cuda, expected):
+    release = torch.__version__.split("+")[0].rsplit(".", 1)[0]
+    version = {None: torch.__version__, "patch": f"{release}.99"}.get(built, built)
+    fake = types.SimpleNamespace(TORCH_VERSION=version, TORCH_CUDA=built_cuda, DEBUG=False)
+    monkeypatch.setitem(sys.modules, "torchext._build_info", fake)
+    monkeypatch.setattr(torch.version, "cuda", found_cuda)
+    problem = torchext._build_mismatch()
+    if expected is None:
+        assert problem is None
+    else:
+        assert expected in problem and torch.__version__ in problem
+
+
+def test_torch_mismatch_refuses_to_load_and_says_what_to_do():
+    # A build for another torch release must not load (an undefined symbol at best, a wrong ABI
+    # at worst): the import fails before it touches the library, naming both torch versions.
+    code = textwrap.dedent(
+        """
+        import sys, types
+        sys.modules["torchext._build_info"] = types.SimpleNamespace(
+            TORCH_VERSION="1.13.0+cpu", TORCH_CUDA=None, DEBUG=False)
+        try:
+            import torchext
+        except ImportError as e:
+            print(e)
+            print("library loaded:", "torchext._C" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("torchext's compiled kernels (torchext._C) cannot be loaded: ")
+    assert f"built against torch 1.13.0+cpu, and this is torch {torch.__version__}" in out.stdout
+    assert "pip install --no-build-isolation -e ." in out.stdout  # a source checkout
+    assert 'From a wheel: pip install "torch==1.13.*"' in out.stdout
+    assert "library loaded: False" in out.stdout
 
 
 def test_missing_library_says_how_to_build():
@@ -106,6 +184,7 @@ ISA_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two subprocesses over every op and dtype: 7 s
 def test_baseline_and_avx2_loops_agree_bitwise(tmp_path):
     """The CPU loops are compiled for baseline x86-64 and for AVX2; both must give the same bits.
     NaN payloads too, where both builds follow one rule: not for float16 (the baseline narrows it

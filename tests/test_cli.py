@@ -8,6 +8,8 @@ independent of the other subcommands' modules); ``--help`` and one ``info`` go t
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
 import io
 import os
 import re
@@ -60,7 +62,88 @@ def test_help_lists_every_command_with_one_line():
         assert help_ in lines[0]
 
 
+def imported_by(tmp_path, *command: str) -> set[str]:
+    """The modules loaded when ``python COMMAND`` exits (a sitecustomize.py prints them)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('MODULES', *sorted(sys.modules), file=sys.stderr))\n")
+    # This checkout's torchext, for the script too.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return set(result.stderr.rsplit("MODULES ", 1)[1].split())
+
+
+# pip's console script for [project.scripts] torchext = "torchext.__main__:main", as it writes it.
+SCRIPT = """import sys
+from torchext.__main__ import main
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+INSTALLED_SCRIPT = os.path.join(os.path.dirname(sys.executable), "torchext")
+
+
+def test_help_imports_no_torch(tmp_path):
+    # torch takes seconds to import; --help must not wait for it (torchext/__init__.py defers it).
+    imported = imported_by(tmp_path, "-m", "torchext", "--help")
+    assert "torchext" in imported and "torch" not in imported
+
+
+def test_script_help_imports_no_torch(tmp_path):
+    script = tmp_path / "torchext"
+    script.write_text(SCRIPT)
+    assert "torch" not in imported_by(tmp_path, str(script), "--help")
+
+
+@pytest.mark.skipif(not os.path.exists(INSTALLED_SCRIPT),
+                    reason="the torchext script is not installed beside this Python (pip install)")
+def test_installed_script_help_imports_no_torch(tmp_path):
+    assert "torch" not in imported_by(tmp_path, INSTALLED_SCRIPT, "--help")
+
+
+def test_subcommand_help_imports_only_its_module(tmp_path):
+    imported = imported_by(tmp_path, "-m", "torchext", "bench", "--help")
+    assert {"torch", "torchext.bench", "torchext._C"} <= imported
+    assert not {"torchext.demo", "torchext.info"} & imported
+
+
+def test_shared_options_are_spelled_alike():
+    # An option that several subcommands take has one metavar everywhere (--threads N, --device
+    # DEVICE ...), and every option that takes a value names it (no argparse default like
+    # MIN_RUN_TIME).
+    metavars = {}
+    for name, (module, _) in COMMANDS.items():
+        parser = argparse.ArgumentParser()
+        importlib.import_module(module).add_arguments(parser)
+        for action in parser._actions:
+            if action.option_strings and action.nargs != 0 and not action.choices:
+                assert action.metavar, (name, action.option_strings)
+                for option in action.option_strings:
+                    metavars.setdefault(option, set()).add(action.metavar)
+    assert {"--threads", "--device"} <= set(metavars)
+    assert {option: m for option, m in metavars.items() if len(m) > 1} == {}
+
+
+def test_a_build_for_another_torch_is_an_error_not_a_traceback(tmp_path):
+    # The subcommand says what is wrong and what to do (torchext/__init__.py), in one message.
+    script = tmp_path / "torchext"
+    script.write_text("import sys, types\n"
+                      "sys.modules['torchext._build_info'] = types.SimpleNamespace(\n"
+                      "    TORCH_VERSION='1.13.0+cpu', TORCH_CUDA=None, DEBUG=False)\n" + SCRIPT)
+    result = subprocess.run([sys.executable, str(script), "info"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: torchext's compiled kernels (torchext._C) cannot be "
+                                    "loaded: they were built against torch 1.13.0+cpu")
+    assert "pip install --no-build-isolation -e ." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # ---- demo ----------------------------------------------------------------------------------------
+
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +151,8 @@ def quick_demo(tmp_path_factory):
     # One thread: on a busy 2-core machine the two-layer net's matmuls can be 100x slower on two.
     png = tmp_path_factory.mktemp("demo") / "demo.png"
     threads = torch.get_num_threads()
-    argv = ["--quick", "--device", "cpu", "--threads", "1", "--plot", str(png)]
+    argv = ["--quick", "--device", "cpu", "--threads", "1"]
+    argv += ["--plot", str(png)] if HAVE_MATPLOTLIB else []  # optional: the bench extra's
     code, out, err = run_in_process(demo, argv)
     assert torch.get_num_threads() == threads  # restored
     return code, out, err, png
@@ -101,11 +185,20 @@ def test_demo_shows_progress_on_stderr(quick_demo):
 
 
 def test_demo_plot_writes_a_png(quick_demo):
+    pytest.importorskip("matplotlib")
     _, out, _, png = quick_demo
     assert f"plot written to {png}" in out
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(png) > 20_000
+
+
+def test_demo_plot_without_matplotlib_fails_before_running(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setattr(demo, "_run", lambda args: pytest.fail("ran without matplotlib"))
+    code, out, err = run_in_process(demo, ["--plot", "demo.png"])
+    assert code == 2 and out == ""
+    assert err == "error: --plot needs matplotlib: pip install matplotlib (or torchext[bench])\n"
 
 
 @pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))

@@ -1,30 +1,119 @@
 """torchext: fused C++/CUDA kernels for small hot ops, differentiable drop-ins for torch models.
 
-    torchext.cubic(x, a, b, c, d)               # a + b*x + c*x**2 + d*x**3
-    torchext.legendre_p3(x)                     # 0.5 * (5*x**3 - 3*x)
-    torchext.affine_legendre_p3(x, a, b, c, d)  # a + b * P3(c + d*x)
-    torchext.relu(x)                            # torch.relu, bit for bit
-
-The same as ``torch.autograd.Function`` subclasses (``CubicFunction`` ...), the modules in
+One function per row of the op table (``torchext.functional.OPS``), e.g.
+``torchext.cubic(x, a, b, c, d)`` for ``a + b*x + c*x**2 + d*x**3``; the same as
+``torch.autograd.Function`` subclasses (``torchext.CubicFunction`` ...), the modules in
 ``torchext.nn``, the pure-Python baseline in ``torchext.reference`` and the operators in
 ``torch.ops.torchext`` (differentiable themselves: the functions call them).
 """
 
-import torch  # noqa: F401  (loads libtorch, which _C links against)
-
-try:
-    from . import _C  # noqa: F401  (its import registers torch.ops.torchext.*)
-except ImportError as e:
-    raise ImportError(
-        "torchext's compiled kernels (torchext._C) could not be loaded: "
-        f"{e}. Build them against the torch you have, from the repository root:\n"
-        "    pip install --no-build-isolation -e .\n"
-        "(after upgrading torch, rebuild the same way; see README.md, Troubleshooting)"
-    ) from e
-
-from . import functional, nn, reference
-from .functional import *  # noqa: F403  (the op table's functions and autograd.Function classes)
+import os
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [*functional.__all__, "functional", "nn", "reference"]
+# The op table's functions and autograd.Function classes join these in _load()
+# (torchext.functional.OPS; torchext.functional.__all__ names them).
+__all__ = ["functional", "nn", "reference"]
+
+
+def _release(version: str) -> str:
+    """'2.14.1+cu130' -> '2.14': the part of torch's version that its C++ ABI follows."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def _build_mismatch() -> str | None:
+    """What is wrong with this torch for the compiled kernels, per torchext/_build_info.py (which
+    setup.py writes when it builds them), or None."""
+    import torch
+
+    try:
+        from ._build_info import TORCH_CUDA, TORCH_VERSION
+    except ImportError:  # not built yet, or by an older setup.py: let _C's import tell
+        return None
+    found = f"torch {torch.__version__}"
+    if _release(TORCH_VERSION) != _release(torch.__version__):
+        return f"they were built against torch {TORCH_VERSION}, and this is {found}"
+    if TORCH_CUDA and not torch.version.cuda:
+        return (f"they were built with CUDA kernels, against torch {TORCH_VERSION}, and this is "
+                f"{found}, without CUDA")
+    if TORCH_CUDA and TORCH_CUDA.split(".")[0] != torch.version.cuda.split(".")[0]:
+        return (f"they were built for CUDA {TORCH_CUDA} (torch {TORCH_VERSION}), and this is "
+                f"{found} for CUDA {torch.version.cuda}")
+    return None
+
+
+def _load_error(problem: str) -> str:
+    try:
+        from ._build_info import TORCH_VERSION
+
+        wheel_torch = f'pip install "torch=={_release(TORCH_VERSION)}.*"'
+    except ImportError:
+        wheel_torch = "install the torch it was built for"
+    return (
+        f"torchext's compiled kernels (torchext._C) cannot be loaded: {problem}.\n"
+        "  From a source checkout: rebuild them against this torch, in the repository root:\n"
+        "      pip install --no-build-isolation -e .\n"
+        f"  From a wheel: {wheel_torch}, or build torchext against this torch from its source\n"
+        "  (the same command, in a checkout). See README.md, Troubleshooting."
+    )
+
+
+_loading = False  # while _load() runs: the submodules' imports must not come back through it
+
+
+def _load() -> None:
+    """Imports torch, loads the kernels built for it (their import registers torch.ops.torchext.*)
+    and binds the API here. Runs at import, except at the start of the command line."""
+    global _loading
+    import torch
+
+    problem = _build_mismatch()
+    if problem:
+        raise ImportError(_load_error(problem))
+    _loading = True
+    try:
+        try:
+            from . import _C  # noqa: F401
+        except ImportError as e:
+            raise ImportError(_load_error(f"{e} (torch {torch.__version__})")) from e
+        from . import functional, nn, reference  # noqa: F401  (the import binds them here)
+    finally:
+        _loading = False
+    globals().update((name, getattr(functional, name)) for name in functional.__all__)
+    __all__[:] = [*functional.__all__, "functional", "nn", "reference"]
+
+
+def _python_m_module() -> str | None:
+    """The module that ``python -m NAME`` (or ``-mNAME``) runs, from sys.orig_argv."""
+    args = iter(sys.orig_argv[1:])
+    for arg in args:
+        if arg.startswith("-m"):
+            return arg[2:] or next(args, None)
+    return None
+
+
+def _command_line_starting() -> bool:
+    """Whether this import starts torchext's command line (``python -m torchext``, or the
+    ``torchext`` script): then torch (seconds to import) waits until a subcommand needs it, and
+    ``--help`` answers at once. While ``python -m`` looks for its module, sys.argv[0] is "-m"."""
+    if sys.argv[:1] == ["-m"]:
+        return _python_m_module() in ("torchext", "torchext.__main__")
+    main = sys.modules.get("__main__")
+    return os.path.basename(getattr(main, "__file__", None) or "") == "torchext"
+
+
+if _command_line_starting():
+
+    def __getattr__(name: str):
+        """The API, loaded on first use (torchext/__main__.py loads it as soon as a subcommand is
+        chosen; this is for any other code in a process named torchext)."""
+        if _loading or name.startswith("__"):
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        _load()
+        if name not in globals():
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return globals()[name]
+
+else:
+    _load()

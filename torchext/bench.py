@@ -67,6 +67,7 @@ from pathlib import Path
 import torch
 
 import torchext
+from torchext import _cli
 from torchext.functional import OPS as TABLE
 from torchext.reference import EAGER, TUTORIAL
 
@@ -139,60 +140,36 @@ def _choices(allowed):
     return parse
 
 
-def _device(text: str) -> str:
-    if text not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: choose cpu or cuda")
-    if text == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("no CUDA GPU is visible to torch")
-    if text == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
-        f"torchext::{OPS[0]}", "CUDA"
-    ):
-        raise argparse.ArgumentTypeError("torchext was built without CUDA kernels")
-    return text
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", type=_device, default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--ops", type=_choices(OPS), action="extend",
+    parser.add_argument("--device", type=_cli.device(indexed=False), default="cpu",
+                        metavar="DEVICE", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--ops", type=_choices(OPS), action="extend", metavar="LIST",
                         help=f"comma list, repeatable (default: {','.join(OPS)})")
-    parser.add_argument("--sizes", type=_sizes, action="extend",
+    parser.add_argument("--sizes", type=_sizes, action="extend", metavar="LIST",
                         help="comma list of n, e.g. 2000,2^20 (default: 2^10..2^24 step x4 and "
                              "2000 on CPU, 2^10..2^28 and 2000 on CUDA)")
-    parser.add_argument("--dtypes", type=_choices(DTYPES), action="extend",
+    parser.add_argument("--dtypes", type=_choices(DTYPES), action="extend", metavar="LIST",
                         help=f"dtype of x, of {','.join(DTYPES)} "
                              f"(default: {','.join(DEFAULT_DTYPES)})")
-    parser.add_argument("--passes", type=_choices(PASSES), action="extend",
+    parser.add_argument("--passes", type=_choices(PASSES), action="extend", metavar="LIST",
                         help="fwd, bwd, fwdbwd (default: all)")
     parser.add_argument("--channels", type=_choices(tuple(CHANNEL_CASES) + ("none",)),
-                        action="extend",
+                        action="extend", metavar="LIST",
                         help=f"per-channel cases, of {','.join(CHANNEL_CASES)}, or none (default: "
                              "all; with --quick, small ones)")
-    parser.add_argument("--out", type=Path, default=Path("bench-out"),
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR",
                         help="output folder (default: bench-out)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny CI run: sizes 2^10,2^14, float32, short timing "
                              "(explicit --sizes/--dtypes/--min-run-time still win)")
-    parser.add_argument("--threads", type=_positive(int), help="torch.set_num_threads(N)")
+    _cli.add_threads(parser)
     parser.add_argument("--malloc", choices=("keep", "system"), default="keep",
                         help="keep (default): make glibc's malloc keep freed memory for reuse (no "
                              "mmap, no trimming), so that outputs do not page-fault; system: the "
                              "C library's defaults")
-    parser.add_argument("--min-run-time", type=_positive(float),
+    parser.add_argument("--min-run-time", type=_cli.positive(float), metavar="SECONDS",
                         help="seconds of timing per cell (default 0.2; 0.02 with --quick)")
-    parser.add_argument("--rounds", type=_positive(int),
+    parser.add_argument("--rounds", type=_cli.positive(int), metavar="N",
                         help=f"turns the contenders take, each timed min-run-time/rounds per "
                              f"turn (default {ROUNDS}; {QUICK['rounds']} with --quick)")
 
@@ -810,6 +787,10 @@ def _plot_op(cfg, idx, op, pass_, dtype, ax_t, ax_b) -> None:
 
 
 def run(args) -> int:
+    error = _cli.missing("matplotlib", "bench (its plots)")
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     cfg = _settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,7 +21,6 @@ them, so that tests and benchmarks can reuse the programs without the printing.
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 import torchext
-from torchext import reference
+from torchext import _cli, reference
 
 # The tutorial's step counts: the sin(x) fits run STEPS, the two-layer net a quarter of that.
 STEPS = 2000
@@ -406,33 +405,11 @@ def _steps(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
 def _png_path(text: str) -> str:
     folder = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(folder):
         raise argparse.ArgumentTypeError(f"folder {folder!r} does not exist")
     return text
-
-
-def _device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"must be cpu or cuda (or cuda:N), got {text!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError("CUDA is not available (torch.cuda.is_available() is "
-                                             "False)")
-        if not torch._C._dispatch_has_kernel_for_dispatch_key("torchext::cubic", "CUDA"):
-            raise argparse.ArgumentTypeError("torchext was built without CUDA kernels")
-    return device
 
 
 def default_device() -> str:
@@ -442,20 +419,19 @@ def default_device() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", type=_device, default=None,
-                        help="cpu or cuda[:N] (default: cuda when available, else cpu)")
+    parser.add_argument("--device", type=_cli.device(indexed=True), metavar="DEVICE",
+                        help="cpu, cuda or cuda:N (default: cuda when torchext can run there, "
+                             "else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="floating type of the data and parameters (default: float32)")
     parser.add_argument("--steps", type=_steps, default=None, metavar="N",
                         help=f"training steps of the sin(x) fits; the two-layer net runs N/"
                              f"{NET_STEPS_DIVISOR} (default: the tutorial's {STEPS} and "
                              f"{STEPS // NET_STEPS_DIVISOR}; with --quick {QUICK_STEPS})")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the random initial values (default: 0)")
-    parser.add_argument("--threads", type=_positive, metavar="N",
-                        help="CPU threads (torch.set_num_threads) for the run (default: torch's, "
-                             f"here {torch.get_num_threads()})")
-    parser.add_argument("--plot", metavar="PATH", type=_png_path,
+    _cli.add_threads(parser)
+    parser.add_argument("--plot", metavar="FILE", type=_png_path,
                         help="write a PNG: sin(x) and the fitted curves, the loss curves, the "
                              "times")
     parser.add_argument("--quick", action="store_true",
@@ -470,9 +446,9 @@ def step_count(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        print("error: --plot needs matplotlib: pip install matplotlib (or torchext[bench])",
-              file=sys.stderr)
+    error = args.plot and _cli.missing("matplotlib", "--plot")
+    if error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     threads = torch.get_num_threads()
     if args.threads:
@@ -485,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    device = args.device or torch.device(default_device())
+    device = torch.device(args.device or default_device())
     dtype = DTYPES[args.dtype]
     steps = step_count(args)
 

@@ -146,15 +146,16 @@ def _trace(fn, args, kwargs):
 
 
 def _onnx_export_flag():
-    """The object whose in_onnx_export says torch.onnx.export's TorchScript-based (legacy)
+    """The object whose _in_onnx_export says torch.onnx.export's TorchScript-based (legacy)
     exporter is tracing (where it lives depends on torch's version); a stand-in that never says
-    so if neither place has it."""
+    so if neither place has it. The attribute, not its property: torch.compile traces no call
+    into torch.onnx."""
     for where in ("torch.onnx._internal.torchscript_exporter._globals", "torch.onnx._globals"):
         try:
             return importlib.import_module(where).GLOBALS
         except (ImportError, AttributeError):
             continue
-    return types.SimpleNamespace(in_onnx_export=False)
+    return types.SimpleNamespace(_in_onnx_export=False)
 
 
 def _onnx_dynamo_export_flag():
@@ -174,7 +175,7 @@ def _transformed_call(function_class, op: OpDef, args):
     dynamo-based one decomposes the operator instead: _register_decomposition); in place, the
     result copied into x (ONNX graphs are functional: an in-place operator has no translation)."""
     inplace = function_class.__name__.endswith("InplaceFunction")
-    if _ONNX_EXPORT.in_onnx_export:
+    if _ONNX_EXPORT._in_onnx_export:
         from . import reference
 
         y = reference.EAGER[op.name](*args)
@@ -208,13 +209,13 @@ def _make_function(op: OpDef, function_class):
     if op.inplace:  # the in-place operator; under a transform, a Function that writes into x
         lines += ["    if inplace:",
                   "        if (_functorch_active() or _forward_ad._current_level >= 0"
-                  " or _onnx.in_onnx_export or _onnx_dynamo._is_onnx_exporting):",
+                  " or _onnx._in_onnx_export or _onnx_dynamo._is_onnx_exporting):",
                   "            return _transformed_call(_Inplace, _op, (x,))",
                   *["    " + line for line in not_a_tensor],
                   "        _inplace_operator(x)",
                   "        return x"]
     lines += ["    if (_functorch_active() or _forward_ad._current_level >= 0"
-              " or _onnx.in_onnx_export):",
+              " or _onnx._in_onnx_export):",
               f"        return _transformed_call(_Function, _op, ({args},))",
               *not_a_tensor]
     for c in op.coefs:

@@ -11,7 +11,8 @@ template <class Op>
 void register_kernels(torch::Library& m) {
   using S = Signature<Op>;
   m.impl(OpName<Op>::kName, &S::template forward<Kernels<Op>>);
-  m.impl((std::string(OpName<Op>::kName) + "_backward").c_str(), &S::template backward<Kernels<Op>>);
+  m.impl((std::string(OpName<Op>::kName) + "_backward").c_str(),
+         &S::template backward<Kernels<Op>>);
   if constexpr (kInplace<Op>) {
     m.impl((std::string(OpName<Op>::kName) + "_").c_str(), &S::template inplace<Kernels<Op>>);
   }

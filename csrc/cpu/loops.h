@@ -39,8 +39,9 @@ constexpr int kLanes = 16;
 
 // Tiles: ~16K elements (a parallel task: big enough to amortize waking a thread, small enough to
 // split 2^20 elements over many cores); runs of 256 elements or more are tiled as runs.
-constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 14,
-                               /*cols=*/4096, /*min_rows=*/64, /*max_rows=*/1 << 14};
+constexpr TileSizes kTileSizes{
+    /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 14,
+    /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14};
 
 // What a tile loop needs: the inputs, the output, the coefficients' values per slot, and where
 // its partial sums go.
@@ -51,8 +52,8 @@ struct Job {
   const T* table;  // [N][C]: coefficient j's value in slot c at j * C + c
   Slots slots;
   Tiling tiling;
-  T* partial;      // backward: the tiles' partial sums (layout.h)
-  bool inplace;    // forward: out is x's own memory
+  T* partial;    // backward: the tiles' partial sums (layout.h)
+  bool inplace;  // forward: out is x's own memory
 };
 
 }  // namespace cpu
@@ -88,8 +89,7 @@ namespace cpu {
 // The type the loops run an op in: op-math (16-bit types widened a block at a time), or the
 // stored type for the ops that declare kOnStoredType (ReLU).
 template <class Op, typename scalar_t>
-using compute_t =
-    std::conditional_t<kOnStoredType<Op>, scalar_t, at::opmath_type<scalar_t>>;
+using compute_t = std::conditional_t<kOnStoredType<Op>, scalar_t, at::opmath_type<scalar_t>>;
 
 #if TORCHEXT_HAVE_AVX2
 #define TORCHEXT_ISA_CALL(FN, ...) \
@@ -162,7 +162,7 @@ void finish_sums(Call& call, const Tiling& tl, const std::vector<T>& partial) {
   });
   for (int j = 0; j < N; ++j) {
     at::Tensor& out = call.kernel_grads[j];
-    const auto dtype = out.scalar_type() == at::kDouble ? math::Dtype::Double
+    const auto dtype = out.scalar_type() == at::kDouble  ? math::Dtype::Double
                        : out.scalar_type() == at::kFloat ? math::Dtype::Float
                        : out.scalar_type() == at::kHalf  ? math::Dtype::Half
                                                          : math::Dtype::BFloat16;
@@ -172,7 +172,8 @@ void finish_sums(Call& call, const Tiling& tl, const std::vector<T>& partial) {
         math::store(p + c * math::dtype_size(dtype), dtype, sum[j * C + c] + comp[j * C + c]);
     } else {
       T total = 0, total_comp = 0;
-      for (int64_t c = 0; c < C; ++c) kahan_add(total, total_comp, sum[j * C + c] + comp[j * C + c]);
+      for (int64_t c = 0; c < C; ++c)
+        kahan_add(total, total_comp, sum[j * C + c] + comp[j * C + c]);
       math::store(p, dtype, total + total_comp);
     }
   }
@@ -194,16 +195,20 @@ struct Kernels {
   using Coefs = std::array<at::Tensor, N>;
 
   static at::Tensor forward(const at::Tensor& x, const Coefs& coefs) {
-    Call call = prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N}, kIntegral<Op>);
+    Call call = prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
+                                kIntegral<Op>);
     if (call.numel == 0) return call.out;
     TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
       using T = compute_t<Op, scalar_t>;
       const std::vector<T> table = coef_table<T>(call);
-      const Job<scalar_t, T> job{call.x,        {},
+      const Job<scalar_t, T> job{call.x,
+                                 {},
                                  call.out.mutable_data_ptr<scalar_t>(),
-                                 table.data(),  call.slots,
+                                 table.data(),
+                                 call.slots,
                                  make_tiling(call.numel, call.slots, kTileSizes),
-                                 nullptr,       call.out.is_same(x)};
+                                 nullptr,
+                                 call.out.is_same(x)};
       run_forward<Op>(job);
     });
     return call.out;
@@ -217,11 +222,14 @@ struct Kernels {
     TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
       using T = compute_t<Op, scalar_t>;
       const std::vector<T> table = coef_table<T>(call);
-      const Job<scalar_t, T> job{call.x,        {},
+      const Job<scalar_t, T> job{call.x,
+                                 {},
                                  call.out.mutable_data_ptr<scalar_t>(),
-                                 table.data(),  call.slots,
+                                 table.data(),
+                                 call.slots,
                                  make_tiling(call.numel, call.slots, kTileSizes),
-                                 nullptr,       call.out.is_same(x)};
+                                 nullptr,
+                                 call.out.is_same(x)};
       run_forward<Op>(job);
     });
     if (!call.out.is_same(x)) x.copy_(call.out);
@@ -229,16 +237,18 @@ struct Kernels {
 
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
                                                 const Coefs& coefs) {
-    Call call = prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>, {coefs.data(), Op::kCoefs.data(), N},
-                                 kBackwardReads<Op>);
+    Call call = prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
+                                 {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
     if (call.numel > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "torchext", [&] {
         using T = compute_t<Op, scalar_t>;
         const std::vector<T> table = coef_table<T>(call);
         const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
         std::vector<T> partial(N > 0 ? tiling.partials * N : 0);
-        const Job<scalar_t, T> job{call.x, call.g, call.out.mutable_data_ptr<scalar_t>(),
-                                   table.data(), call.slots, tiling, partial.data(), false};
+        const Job<scalar_t, T> job{
+            call.x,         call.g,     call.out.mutable_data_ptr<scalar_t>(),
+            table.data(),   call.slots, tiling,
+            partial.data(), false};
         run_backward<Op>(job);
         if constexpr (N > 0) finish_sums(call, tiling, partial);
       });

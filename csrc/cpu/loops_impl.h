@@ -93,8 +93,8 @@ inline void narrow(const float* __restrict__ src, c10::Half* dst, int64_t n) {
     const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
   }
-  for (; i < n; ++i) dst[i] = c10::Half(_cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT),
-                                        c10::Half::from_bits());
+  for (; i < n; ++i)
+    dst[i] = c10::Half(_cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT), c10::Half::from_bits());
 }
 #else
 inline void widen(const c10::Half* src, float* __restrict__ dst, int64_t n) {
@@ -222,7 +222,8 @@ struct Tile {
   };
   Run run_of(int64_t t) const {
     const Tiling& tl = job.tiling;
-    const int64_t s = t % tl.segs, c = (t / tl.segs) % job.slots.C, rt = t / (tl.segs * job.slots.C);
+    const int64_t s = t % tl.segs, c = (t / tl.segs) % job.slots.C,
+                  rt = t / (tl.segs * job.slots.C);
     const int64_t P = job.slots.C == 1 ? tl.W : job.slots.P;
     const int64_t r0 = rt * tl.rows_per_tile, r1 = std::min(tl.rows, r0 + tl.rows_per_tile);
     const int64_t begin = c * P + s * tl.seg;
@@ -256,7 +257,8 @@ struct Tile {
     const int64_t ncols = (c.c1 - c.c0) * P;
     expanded->resize(N * ncols);
     for (int j = 0; j < N; ++j)
-      for (int64_t q = 0; q < ncols; ++q) (*expanded)[j * ncols + q] = job.table[j * C + c.c0 + q / P];
+      for (int64_t q = 0; q < ncols; ++q)
+        (*expanded)[j * ncols + q] = job.table[j * C + c.c0 + q / P];
     *kstride = ncols;
     return expanded->data();
   }
@@ -333,7 +335,8 @@ struct Tile {
     const T* __restrict__ xb = read<T, scalar_t>(job.x, e, len, xbuf);
     T* __restrict__ db = dest<T>(job.out, e, dbuf);
     if constexpr (N == 0) {
-      for (int64_t i = 0; i < len; ++i) db[i] = Op::backward(gb[i], xb[i], kk, static_cast<T*>(nullptr));
+      for (int64_t i = 0; i < len; ++i)
+        db[i] = Op::backward(gb[i], xb[i], kk, static_cast<T*>(nullptr));
     } else {
       // Lane l adds the elements at offsets ≡ l (mod kLanes): independent accumulators the
       // compiler keeps in vector registers.

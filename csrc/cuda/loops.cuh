@@ -128,7 +128,7 @@ struct GradArgs {  // where each coefficient's gradient goes: C values, or one
 };
 
 inline math::Dtype code_of(at::ScalarType t) {
-  return t == at::kDouble ? math::Dtype::Double
+  return t == at::kDouble  ? math::Dtype::Double
          : t == at::kFloat ? math::Dtype::Float
          : t == at::kHalf  ? math::Dtype::Half
                            : math::Dtype::BFloat16;
@@ -301,8 +301,7 @@ inline TileArgs tile_args(const Slots& s, const Tiling& t) {
 // table[j * C + c]: coefficient j's value in slot c.
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
-    coef_table_kernel(CoefArgs<N> coefs, int64_t C, T* table,
-                      unsigned per_slot) {
+    coef_table_kernel(CoefArgs<N> coefs, int64_t C, T* table, unsigned per_slot) {
   const int64_t total = N * C;
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -383,7 +382,8 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x;
   // lanes: threads per column; a thread's first column and row.
   const int64_t lanes = ncols >= kThreads ? 1 : kThreads / ncols;
-  const int64_t col = ncols >= kThreads ? tid : tid % ncols, lane = ncols >= kThreads ? 0 : tid / ncols;
+  const int64_t col = ncols >= kThreads ? tid : tid % ncols,
+                lane = ncols >= kThreads ? 0 : tid / ncols;
   const bool active = lane < lanes;
   T sums[kColsPerThread][N > 0 ? N : 1] = {};
   if (active) {
@@ -419,7 +419,8 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t sl = i % slots;
       T total = 0;
       for (int64_t l = 0; l < lanes; ++l)
-        for (int64_t q = sl * a.P; q < (sl + 1) * a.P; ++q) total += shared[j * kMaxTileCols + l * ncols + q];
+        for (int64_t q = sl * a.P; q < (sl + 1) * a.P; ++q)
+          total += shared[j * kMaxTileCols + l * ncols + q];
       partial[(rt * N + j) * a.C + c0 + sl] = total;
     }
   }
@@ -474,8 +475,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // Tiles for the tile kernels: ~16K elements; runs of 1024 elements or more tiled as runs; column
 // tiles of at most kMaxTileCols columns, 256 rows (each thread adds at most that many terms).
-constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/1024, /*seg=*/1 << 12,
-                               /*cols=*/kMaxTileCols, /*min_rows=*/1, /*max_rows=*/256};
+constexpr TileSizes kTileSizes{
+    /*target=*/1 << 14,    /*min_run=*/1024, /*seg=*/1 << 12,
+    /*cols=*/kMaxTileCols, /*min_rows=*/1,   /*max_rows=*/256};
 
 // An input as the kernels read it: its pointer and stride (1, or 0 when expanded from one
 // element). Other strides: a copy in the result's layout, kept alive in *copy.
@@ -505,8 +507,8 @@ struct Kernels {
   // The per-slot coefficient table on the device, [N][C] in T.
   template <typename T>
   static at::Tensor table_of(const Call& call, int device, cudaStream_t stream) {
-    const at::Tensor table = at::empty({N * call.slots.C},
-                                       call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
+    const at::Tensor table =
+        at::empty({N * call.slots.C}, call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
     unsigned per_slot = 0;
     for (int j = 0; j < N; ++j) per_slot |= call.coefs[j].per_slot ? 1u << j : 0u;
     constexpr auto kernel = coef_table_kernel<T, N>;
@@ -519,8 +521,8 @@ struct Kernels {
   // The tile kernels over the whole call (forward: partial is null).
   template <bool kBackward, typename scalar_t, typename T>
   static void launch_tiles(const Tiling& tl, const Slots& slots, const scalar_t* g, int64_t sg,
-                           const scalar_t* x, int64_t sx, scalar_t* out, const T* table,
-                           T* partial, cudaStream_t stream) {
+                           const scalar_t* x, int64_t sx, scalar_t* out, const T* table, T* partial,
+                           cudaStream_t stream) {
     constexpr int V = kVec<scalar_t>;
     const TileArgs a = tile_args(slots, tl);
     if (tl.runs) {
@@ -573,11 +575,11 @@ struct Kernels {
         if (V > 1 && sx == 1 && aligned16(xp) && aligned16(y)) {
           constexpr auto kernel = map_kernel<Op, V, scalar_t, T, N>;
           kernel<<<grid_for<kernel>(n / V, device), kThreads, 0, stream>>>(xp, sx, y, n,
-                                                                             coef_args<N>(call));
+                                                                           coef_args<N>(call));
         } else {
           constexpr auto kernel = map_kernel<Op, 1, scalar_t, T, N>;
           kernel<<<grid_for<kernel>(n, device), kThreads, 0, stream>>>(xp, sx, y, n,
-                                                                         coef_args<N>(call));
+                                                                       coef_args<N>(call));
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
@@ -628,13 +630,14 @@ struct Kernels {
     const bool vec = V > 1 && sg == 1 && sv == 1 && aligned16(g) && aligned16(v) && aligned16(dx);
     constexpr auto vec_kernel = map2_kernel<Op, V, scalar_t, T, N>;
     constexpr auto scalar_kernel = map2_kernel<Op, 1, scalar_t, T, N>;
-    const int64_t blocks = vec ? grid_for<vec_kernel>(n / V, device)
-                               : grid_for<scalar_kernel>(n, device);
+    const int64_t blocks =
+        vec ? grid_for<vec_kernel>(n / V, device) : grid_for<scalar_kernel>(n, device);
     // The partials come from PyTorch's caching allocator: no cudaMalloc, no sync.
     at::Tensor partial;
     T* p = nullptr;
     if constexpr (N > 0) {
-      partial = at::empty({blocks * N}, call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
+      partial =
+          at::empty({blocks * N}, call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
       p = partial.mutable_data_ptr<T>();
     }
     (vec ? vec_kernel : scalar_kernel)<<<blocks, kThreads, 0, stream>>>(g, sg, v, sv, dx, n,

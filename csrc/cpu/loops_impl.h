@@ -206,8 +206,70 @@ inline T fold_lanes(const T* lanes) {
 // Elements per block; a multiple of kLanes.
 constexpr int64_t kBlock = 256;
 static_assert(kBlock % kLanes == 0);
+// Runs: a lane adds 16 elements plainly (a block of kLaneBlock), the block sums add plainly 16 at
+// a time (kFlush), and those join the lane's compensated sum (a vectorized TwoSum per coefficient
+// and lane, too dear to pay every block: benchmarks/NOTES.md §10).
+constexpr int64_t kLaneBlock = 16 * kLanes;
+constexpr int64_t kFlush = 16 * kLaneBlock;
 // Column tiles: rows added plainly before the block's sums join the compensated ones.
 constexpr int kRowsPerFlush = 16;
+
+// Compensated sums per lane, kept over a tile's run: each block's lane accumulators join them by
+// a vectorized TwoSum; folded to one sum per coefficient when the tile ends.
+template <typename T, int N>
+struct LaneSums {
+  T sum[N > 0 ? N : 1][kLanes] = {}, comp[N > 0 ? N : 1][kLanes] = {};
+
+  void add(const T (&acc)[N > 0 ? N : 1][kLanes]) {
+    for (int j = 0; j < N; ++j)
+      for (int l = 0; l < kLanes; ++l) kahan_add(sum[j][l], comp[j][l], acc[j][l]);
+  }
+  // Coefficient j's total: the lanes pairwise.
+  T total(int j) const {
+    T lanes[kLanes];
+    for (int l = 0; l < kLanes; ++l) lanes[l] = sum[j][l] + comp[j][l];
+    return fold_lanes(lanes);
+  }
+};
+
+// dx[i] = op.backward(g[i], x[i]) for i < len, every element taking the coefficients k; the
+// terms summed to lanes (independent accumulators the compiler keeps in vector registers: lane l
+// adds the elements at offsets ≡ l mod kLanes) in two plain levels (kLaneBlock, kFlush), then into
+// the lanes' compensated sums.
+template <class Op, typename T, int N>
+void backward_span(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ dx,
+                   int64_t len, const T* k, LaneSums<T, N>& sums) {
+  T kk[N > 0 ? N : 1];
+  for (int j = 0; j < N; ++j) kk[j] = k[j];
+  if constexpr (N == 0) {
+    for (int64_t i = 0; i < len; ++i)
+      dx[i] = Op::backward(g[i], x[i], kk, static_cast<T*>(nullptr));
+  } else {
+    for (int64_t f = 0; f < len; f += kFlush) {
+      T blocks[N][kLanes] = {};
+      for (int64_t b = f; b < std::min(len, f + kFlush); b += kLaneBlock) {
+        const int64_t end = std::min(len, b + kLaneBlock);
+        T acc[N][kLanes] = {};
+        int64_t i = b;
+        for (; i + kLanes <= end; i += kLanes) {
+          for (int l = 0; l < kLanes; ++l) {
+            T terms[N];
+            dx[i + l] = Op::backward(g[i + l], x[i + l], kk, terms);
+            for (int j = 0; j < N; ++j) acc[j][l] += terms[j];
+          }
+        }
+        for (int l = 0; i < end; ++i, ++l) {
+          T terms[N];
+          dx[i] = Op::backward(g[i], x[i], kk, terms);
+          for (int j = 0; j < N; ++j) acc[j][l] += terms[j];
+        }
+        for (int j = 0; j < N; ++j)
+          for (int l = 0; l < kLanes; ++l) blocks[j][l] += acc[j][l];
+      }
+      sums.add(blocks);
+    }
+  }
+}
 
 template <class Op, typename scalar_t, typename T>
 struct Tile {
@@ -327,36 +389,21 @@ struct Tile {
 
   // ---- backward ----
 
-  // dx over a block whose elements all take the coefficients k; adds the block's terms to the
-  // compensated sums (sum, comp).
-  void backward_block(int64_t e, int64_t len, const T* kk, T* sum, T* comp) const {
+  // dx over a block whose elements all take the coefficients k; adds the block's terms to sums.
+  void backward_block(int64_t e, int64_t len, const T* kk, LaneSums<T, N>& sums) const {
     T gbuf[kBlock], xbuf[kBlock], dbuf[kBlock];
-    const T* __restrict__ gb = read<T, scalar_t>(job.g, e, len, gbuf);
-    const T* __restrict__ xb = read<T, scalar_t>(job.x, e, len, xbuf);
-    T* __restrict__ db = dest<T>(job.out, e, dbuf);
-    if constexpr (N == 0) {
-      for (int64_t i = 0; i < len; ++i)
-        db[i] = Op::backward(gb[i], xb[i], kk, static_cast<T*>(nullptr));
-    } else {
-      // Lane l adds the elements at offsets ≡ l (mod kLanes): independent accumulators the
-      // compiler keeps in vector registers.
-      T acc[N][kLanes] = {};
-      int64_t i = 0;
-      for (; i + kLanes <= len; i += kLanes) {
-        for (int l = 0; l < kLanes; ++l) {
-          T terms[N];
-          db[i + l] = Op::backward(gb[i + l], xb[i + l], kk, terms);
-          for (int j = 0; j < N; ++j) acc[j][l] += terms[j];
-        }
-      }
-      for (int l = 0; i < len; ++i, ++l) {
-        T terms[N];
-        db[i] = Op::backward(gb[i], xb[i], kk, terms);
-        for (int j = 0; j < N; ++j) acc[j][l] += terms[j];
-      }
-      for (int j = 0; j < N; ++j) kahan_add(sum[j], comp[j], fold_lanes(acc[j]));
-    }
+    const T* gb = read<T, scalar_t>(job.g, e, len, gbuf);
+    const T* xb = read<T, scalar_t>(job.x, e, len, xbuf);
+    T* db = dest<T>(job.out, e, dbuf);
+    backward_span<Op, T, N>(gb, xb, db, len, kk, sums);
     write<T>(job.out, e, db, len);
+  }
+
+  // Whether the backward can run on the stored elements themselves: inputs dense and stored in
+  // the type the op computes in (no gathering, no conversion).
+  bool in_place_inputs() const {
+    return std::is_same_v<T, scalar_t> && job.x.kind == Operand::kDense &&
+           job.g.kind == Operand::kDense;
   }
 
   // dx over a row's block of columns, column i taking the coefficients k[j * kstride + i]; adds
@@ -380,12 +427,24 @@ struct Tile {
     const Tiling& tl = job.tiling;
     if (tl.runs) {
       const Run r = run_of(t);
-      T k[NC], sum[NC] = {}, comp[NC] = {};
+      T k[NC];
+      LaneSums<T, N> sums;
       coefs_of_slot(r.c, k);
-      for (int64_t row = r.r0; row < r.r1; ++row)
+      const bool direct = in_place_inputs();
+      for (int64_t row = r.r0; row < r.r1; ++row) {
+        const int64_t e = row * tl.W + r.begin;
+        if constexpr (std::is_same_v<T, scalar_t>) {
+          if (direct) {
+            const T* g = static_cast<const T*>(job.g.data);
+            const T* x = static_cast<const T*>(job.x.data);
+            backward_span<Op, T, N>(g + e, x + e, job.out + e, r.len, k, sums);
+            continue;
+          }
+        }
         for (int64_t i = 0; i < r.len; i += kBlock)
-          backward_block(row * tl.W + r.begin + i, std::min(kBlock, r.len - i), k, sum, comp);
-      for (int j = 0; j < N; ++j) job.partial[t * N + j] = sum[j] + comp[j];
+          backward_block(e + i, std::min(kBlock, r.len - i), k, sums);
+      }
+      for (int j = 0; j < N; ++j) job.partial[t * N + j] = sums.total(j);
       return;
     }
     const Cols c = cols_of(t);

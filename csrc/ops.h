@@ -5,7 +5,9 @@
 // <name>_backward, with the math of math::Op.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 #include <array>
 #include <string>
@@ -128,6 +130,27 @@ struct Signature<Op, std::index_sequence<I...>> {
     }
   }
 };
+
+// A backend's kernels for every op of the table: Kernels<Op>::forward, ::backward and, where
+// kInplace, ::inplace, bound to the operators' signatures (cpu/kernels.cpp, cuda/kernels.cu).
+template <template <class> class Kernels, class Op>
+void register_kernels(torch::Library& m) {
+  using S = Signature<Op>;
+  const std::string name = OpName<Op>::kName;
+  m.impl(name.c_str(), &S::template forward<Kernels<Op>>);
+  m.impl((name + "_backward").c_str(), &S::template backward<Kernels<Op>>);
+  if constexpr (kInplace<Op>) m.impl((name + "_").c_str(), &S::template inplace<Kernels<Op>>);
+}
+
+// The dtypes an op's kernels take: floating, or every type for the ops that take integers too.
+#define TORCHEXT_DISPATCH(OP, TYPE, NAME, ...)                                            \
+  [&] {                                                                                   \
+    if constexpr (kIntegral<OP>) {                                                        \
+      AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__);      \
+    } else {                                                                              \
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__); \
+    }                                                                                     \
+  }()
 
 // "cubic(Tensor x, Tensor a, Tensor b, Tensor c, Tensor d) -> Tensor"
 template <class Op>

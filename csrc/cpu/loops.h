@@ -179,15 +179,6 @@ void finish_sums(Call& call, const Tiling& tl, const std::vector<T>& partial) {
   }
 }
 
-#define TORCHEXT_DISPATCH(OP, TYPE, NAME, ...)                                            \
-  [&] {                                                                                   \
-    if constexpr (kIntegral<OP>) {                                                        \
-      AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__);      \
-    } else {                                                                              \
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__); \
-    }                                                                                     \
-  }()
-
 // The CPU kernels of op Op: forward(x, coefs) -> y, backward(grad, v, coefs) -> {dx, dcoefs...}.
 template <class Op>
 struct Kernels {
@@ -197,20 +188,7 @@ struct Kernels {
   static at::Tensor forward(const at::Tensor& x, const Coefs& coefs) {
     Call call = prepare_forward(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
                                 kIntegral<Op>);
-    if (call.numel == 0) return call.out;
-    TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
-      using T = compute_t<Op, scalar_t>;
-      const std::vector<T> table = coef_table<T>(call);
-      const Job<scalar_t, T> job{call.x,
-                                 {},
-                                 call.out.mutable_data_ptr<scalar_t>(),
-                                 table.data(),
-                                 call.slots,
-                                 make_tiling(call.numel, call.slots, kTileSizes),
-                                 nullptr,
-                                 call.out.is_same(x)};
-      run_forward<Op>(job);
-    });
+    run(call, x);
     return call.out;
   }
 
@@ -218,21 +196,21 @@ struct Kernels {
   static void inplace(const at::Tensor& x, const Coefs& coefs) {
     Call call = prepare_inplace(OpName<Op>::kQualified, x, {coefs.data(), Op::kCoefs.data(), N},
                                 kIntegral<Op>);
+    run(call, x);
+    if (!call.out.is_same(x)) x.copy_(call.out);
+  }
+
+  static void run(Call& call, const at::Tensor& x) {
     if (call.numel == 0) return;
     TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
       using T = compute_t<Op, scalar_t>;
       const std::vector<T> table = coef_table<T>(call);
-      const Job<scalar_t, T> job{call.x,
-                                 {},
-                                 call.out.mutable_data_ptr<scalar_t>(),
-                                 table.data(),
-                                 call.slots,
-                                 make_tiling(call.numel, call.slots, kTileSizes),
-                                 nullptr,
-                                 call.out.is_same(x)};
+      const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
+      scalar_t* out = call.out.mutable_data_ptr<scalar_t>();
+      const Job<scalar_t, T> job{call.x,     {},     out,     table.data(),
+                                 call.slots, tiling, nullptr, call.out.is_same(x)};
       run_forward<Op>(job);
     });
-    if (!call.out.is_same(x)) x.copy_(call.out);
   }
 
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,

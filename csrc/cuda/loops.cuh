@@ -490,15 +490,6 @@ const scalar_t* readable(const Operand& o, const at::Tensor& t, const at::Tensor
   return copy->const_data_ptr<scalar_t>();
 }
 
-#define TORCHEXT_CUDA_DISPATCH(OP, TYPE, NAME, ...)                                       \
-  [&] {                                                                                   \
-    if constexpr (kIntegral<OP>) {                                                        \
-      AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__);      \
-    } else {                                                                              \
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__); \
-    }                                                                                     \
-  }()
-
 template <class Op>
 struct Kernels {
   static constexpr int N = kNumCoefs<Op>;
@@ -563,7 +554,7 @@ struct Kernels {
     const c10::cuda::CUDAGuard guard(x.device());
     const int device = x.get_device();
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
-    TORCHEXT_CUDA_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
+    TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
       using T = compute_t<Op, scalar_t>;
       at::Tensor x_copy;
       int64_t sx;

@@ -72,7 +72,7 @@ def cuda_archs() -> str:
 def extension():
     cuda = want_cuda()
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/layout.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/layout.cpp", "csrc/meta.cpp"]
     sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     archs = cuda_archs() if cuda else ""
     # -fopenmp at compile *and* link: at::parallel_for is inlined into this library and runs

@@ -59,8 +59,8 @@ void check_input(const char* op, const char* name, const at::Tensor& t, bool int
 // t has v's shape, dtype and device (a gradient).
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& v) {
   check_input(op, name, t, /*integral=*/false);
-  TORCH_CHECK_VALUE(t.sizes() == v.sizes(), op, ": '", name, "' has shape ", t.sizes(),
-                    " but x has shape ", v.sizes());
+  TORCH_CHECK_VALUE(t.sym_sizes() == v.sym_sizes(), op, ": '", name, "' has shape ", t.sym_sizes(),
+                    " but x has shape ", v.sym_sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == v.scalar_type(), op, ": '", name, "' has dtype ",
                    t.scalar_type(), " but x has dtype ", v.scalar_type());
   TORCH_CHECK(t.device() == v.device(), op, ": '", name, "' is on ", t.device(), " but x is on ",
@@ -81,15 +81,41 @@ void check_coef(const char* op, const char* name, const at::Tensor& c, const at:
               "; a coefficient must be on x's device (or be a 0-dim CPU tensor)");
   bool fits = c.dim() <= x.dim();
   for (int64_t d = 0; fits && d < c.dim(); ++d) {
-    const int64_t s = c.size(d), xs = x.size(x.dim() - c.dim() + d);
-    fits = s == 1 || s == xs;
+    const c10::SymInt& s = c.sym_size(d);
+    fits = s == 1 || s == x.sym_size(x.dim() - c.dim() + d);
   }
-  TORCH_CHECK_VALUE(fits, op, ": coefficient '", name, "' of shape ", c.sizes(),
-                    " does not broadcast to x's shape ", x.sizes(), " without enlarging it (",
+  TORCH_CHECK_VALUE(fits, op, ": coefficient '", name, "' of shape ", c.sym_sizes(),
+                    " does not broadcast to x's shape ", x.sym_sizes(), " without enlarging it (",
                     kShapes, ")");
 }
 
 // ---- the result's layout ------------------------------------------------------------------------
+// In SymInts: the same code serves the kernels and the Meta kernels (meta.cpp), which
+// torch.compile and torch.export run with symbolic shapes (each comparison then a guard).
+
+using c10::SymInt;
+
+// Whether x is dense in the given order of its dims (outermost first): each stride the product of
+// the sizes inside it, size-1 dims aside.
+bool dense_in(const at::Tensor& x, const DimList& order) {
+  SymInt expected = 1;
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    if (x.sym_size(*it) == 1) continue;
+    if (x.sym_stride(*it) != expected) return false;
+    expected *= x.sym_size(*it);
+  }
+  return true;
+}
+
+// x's non-1 dims, outermost first: by stride.
+DimList by_stride(const at::Tensor& x) {
+  DimList dims;
+  for (int d = 0; d < x.dim(); ++d)
+    if (x.sym_size(d) != 1) dims.push_back(d);
+  std::stable_sort(dims.begin(), dims.end(),
+                   [&](int a, int b) { return x.sym_stride(a) > x.sym_stride(b); });
+  return dims;
+}
 
 // x's dims from outermost to innermost, as TensorIterator orders them for an elementwise op: by
 // stride, a broadcast (stride-0) dim compared with nothing, ties to the smaller size inside.
@@ -98,10 +124,10 @@ DimList stride_order(const at::Tensor& x) {
   DimList perm(n);  // innermost first while sorting
   std::iota(perm.rbegin(), perm.rend(), 0);
   auto should_swap = [&](int d0, int d1) {
-    const int64_t s0 = x.stride(d0), s1 = x.stride(d1);
+    const SymInt &s0 = x.sym_stride(d0), &s1 = x.sym_stride(d1);
     if (s0 == 0 || s1 == 0) return 0;
     if (s0 != s1) return s0 < s1 ? -1 : 1;
-    return x.size(d0) > x.size(d1) ? 1 : 0;
+    return x.sym_size(d0) > x.sym_size(d1) ? 1 : 0;
   };
   for (int i = 1; i < n; ++i) {
     int d1 = i;
@@ -122,30 +148,26 @@ DimList stride_order(const at::Tensor& x) {
 // A new tensor laid out as torch's elementwise ops lay out their result for x: x's strides when x
 // is dense (contiguous and channels_last in their standard form), else dense in x's stride order.
 at::Tensor empty_like_elementwise(const at::Tensor& x, const at::TensorOptions& options) {
-  if (x.is_contiguous()) return at::empty(x.sizes(), options);
-  if (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return at::empty(x.sizes(), options.memory_format(at::MemoryFormat::ChannelsLast));
+  DimList natural(x.dim());
+  std::iota(natural.begin(), natural.end(), 0);
+  if (x.sym_numel() == 0 || dense_in(x, natural)) return at::empty_symint(x.sym_sizes(), options);
+  if (x.dim() == 4 && dense_in(x, DimList{0, 2, 3, 1})) {
+    return at::empty_symint(x.sym_sizes(), options, at::MemoryFormat::ChannelsLast);
   }
-  if (x.is_non_overlapping_and_dense()) return at::empty_strided(x.sizes(), x.strides(), options);
+  if (dense_in(x, by_stride(x)))
+    return at::empty_strided_symint(x.sym_sizes(), x.sym_strides(), options);
   const DimList order = stride_order(x);
-  c10::SmallVector<int64_t, 8> strides(x.dim());
-  int64_t next = 1;
+  c10::SmallVector<SymInt, 8> strides(x.dim());
+  SymInt next = 1;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     strides[*it] = next;
-    next *= x.size(*it);
+    next *= x.sym_size(*it);
   }
-  return at::empty_strided(x.sizes(), strides, options);
+  return at::empty_strided_symint(x.sym_sizes(), strides, options);
 }
 
 // The result's non-1 dims, outermost first (the result is dense: its strides order them).
-DimList memory_order(const at::Tensor& out) {
-  DimList dims;
-  for (int d = 0; d < out.dim(); ++d)
-    if (out.size(d) != 1) dims.push_back(d);
-  std::stable_sort(dims.begin(), dims.end(),
-                   [&](int a, int b) { return out.stride(a) > out.stride(b); });
-  return dims;
-}
+DimList memory_order(const at::Tensor& out) { return by_stride(out); }
 
 // ---- coefficients: which block of x's dims they vary along
 // ---------------------------------------
@@ -162,19 +184,19 @@ Span span_of(const at::Tensor& c, const at::Tensor& x) {
   const int off = static_cast<int>(x.dim() - c.dim());
   Span s{static_cast<int>(x.dim()), 0, true};
   for (int d = 0; d < c.dim(); ++d) {
-    if (c.size(d) != 1) {
+    if (c.sym_size(d) != 1) {
       s.lo = std::min(s.lo, d + off);
       s.hi = std::max(s.hi, d + off + 1);
     }
   }
   if (s.hi == 0) return Span{};
-  for (int d = s.lo; d < s.hi; ++d) s.exact &= c.size(d - off) == x.size(d);
+  for (int d = s.lo; d < s.hi; ++d) s.exact &= c.sym_size(d - off) == x.sym_size(d);
   return s;
 }
 
 struct Block {
   int lo = 0, hi = 0;  // x's dims [lo, hi); empty when every coefficient has one element
-  int64_t C = 1;
+  SymInt C = 1;
 };
 
 // The block of the coefficients' spans: their union; a coefficient whose span is not exactly
@@ -187,7 +209,7 @@ Block block_of(const Span* spans, int n, const at::Tensor& x) {
     b.hi = std::max(b.hi, spans[i].hi);
   }
   if (b.hi == 0) return Block{};
-  for (int d = b.lo; d < b.hi; ++d) b.C *= x.size(d);
+  for (int d = b.lo; d < b.hi; ++d) b.C *= x.sym_size(d);
   return b;
 }
 
@@ -197,15 +219,15 @@ bool needs_expansion(const Span& s, const Block& b) {
 
 // The block's elements in the result's memory order: its non-1 dims must come together and in
 // order there. P: the result's stride at the block's innermost non-1 dim.
-bool block_in_order(const DimList& order, const Block& b, const at::Tensor& out, int64_t* P) {
+bool block_in_order(const DimList& order, const Block& b, const at::Tensor& out, SymInt* P) {
   int prev = -1;
-  int64_t p = 1;
+  SymInt p = 1;
   for (size_t k = 0; k < order.size(); ++k) {
     const int d = order[k];
     if (d < b.lo || d >= b.hi) continue;
     if (prev >= 0 && (d <= prev || order[k - 1] != prev)) return false;
     prev = d;
-    p = out.stride(d);
+    p = out.sym_stride(d);
   }
   *P = p;
   return true;
@@ -255,30 +277,41 @@ c10::SmallVector<int64_t, 8> block_shape(const at::Tensor& x, const Block& b) {
   return shape;
 }
 
-// The common part of a forward and a backward: checks the coefficients, places the result, and
-// says how the kernels read x (v) and the coefficients. reads: which coefficient values are read.
-Call prepare(const char* op, const at::Tensor& v, CoefArgs coefs, unsigned reads,
-             const at::ScalarType out_dtype, Span* spans, bool inplace = false) {
+// Checks the coefficients and places the result: laid out as torch's elementwise ops lay it out,
+// unless that splits the coefficients' block (then row-major). In place: x itself, where the
+// kernels can write there (x dense). Also the block, and P, the result's stride at its innermost
+// dim (slot(e) = (e / P) % C).
+at::Tensor result_of(const char* op, const at::Tensor& v, CoefArgs coefs, at::ScalarType dtype,
+                     Span* spans, Block* block, SymInt* P, bool inplace) {
   TORCH_CHECK(coefs.n <= kMaxCoefs, op, ": too many coefficients");
-  Call call;
-  call.op = op;
-  call.ncoefs = coefs.n;
-  call.numel = v.numel();
   for (int i = 0; i < coefs.n; ++i) {
     check_coef(op, coefs.names[i], coefs.tensors[i], v);
     spans[i] = span_of(coefs.tensors[i], v);
   }
-  const Block block = block_of(spans, coefs.n, v);
-  const auto options = v.options().dtype(out_dtype);
-  // In place: the result goes to x itself where the kernels can write it there (x dense).
-  call.out = inplace && v.is_non_overlapping_and_dense() ? v : empty_like_elementwise(v, options);
-  DimList order = memory_order(call.out);
-  if (block.C > 1 && !block_in_order(order, block, call.out, &call.slots.P)) {
-    call.out = at::empty(v.sizes(), options);  // a layout that splits the block: row-major
-    order = memory_order(call.out);
-    block_in_order(order, block, call.out, &call.slots.P);
+  *block = block_of(spans, coefs.n, v);
+  const auto options = v.options().dtype(dtype);
+  at::Tensor out = inplace && dense_in(v, by_stride(v)) ? v : empty_like_elementwise(v, options);
+  if (block->C != 1 && !block_in_order(memory_order(out), *block, out, P)) {
+    out = at::empty_symint(v.sym_sizes(), options);
+    block_in_order(memory_order(out), *block, out, P);
   }
-  call.slots.C = block.C;
+  return out;
+}
+
+// The common part of a forward and a backward: checks the coefficients, places the result, and
+// says how the kernels read x (v) and the coefficients. reads: which coefficient values are read.
+Call prepare(const char* op, const at::Tensor& v, CoefArgs coefs, unsigned reads,
+             const at::ScalarType out_dtype, Span* spans, bool inplace = false) {
+  Call call;
+  call.op = op;
+  call.ncoefs = coefs.n;
+  call.numel = v.numel();
+  Block block;
+  SymInt P = 1;
+  call.out = result_of(op, v, coefs, out_dtype, spans, &block, &P, inplace);
+  call.slots.C = block.C.expect_int();
+  call.slots.P = P.expect_int();
+  const DimList order = memory_order(call.out);
   if (call.numel == 0) return call;
   call.x = operand_of(v, call.out, order, &call.kept[kMaxCoefs]);
   for (int i = 0; i < coefs.n; ++i) {
@@ -344,6 +377,30 @@ Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& 
     call.g = operand_of(grad, call.out, memory_order(call.out), &call.kept[kMaxCoefs + 1]);
   }
   return call;
+}
+
+at::Tensor meta_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral,
+                        bool inplace) {
+  check_input(op, "x", x, integral);
+  if (inplace) at::assert_no_internal_overlap(x);
+  Span spans[kMaxCoefs];
+  Block block;
+  SymInt P = 1;
+  return result_of(op, x, coefs, x.scalar_type(), spans, &block, &P, inplace);
+}
+
+void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, const char* v_name,
+                   CoefArgs coefs, at::Tensor* outs) {
+  check_input(op, v_name, v, /*integral=*/false);
+  check_like(op, "grad", grad, v);
+  Span spans[kMaxCoefs];
+  Block block;
+  SymInt P = 1;
+  outs[0] = result_of(op, v, coefs, v.scalar_type(), spans, &block, &P, /*inplace=*/false);
+  for (int i = 0; i < coefs.n; ++i) {
+    const at::Tensor& c = coefs.tensors[i];
+    outs[i + 1] = at::empty_symint(c.sym_sizes(), c.options().device(v.device()));
+  }
 }
 
 void finish_backward(Call& call) {

@@ -88,6 +88,14 @@ Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& 
 // back to their shapes.
 void finish_backward(Call& call);
 
+// The Meta kernels' part (meta.cpp): the same checks and the same results (their layouts
+// included) for tensors without data, symbolic shapes too. outs: dx and each coefficient's
+// gradient.
+at::Tensor meta_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral,
+                        bool inplace = false);
+void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, const char* v_name,
+                   CoefArgs coefs, at::Tensor* outs);
+
 // ---- tiles of the backward's sums --------------------------------------------------------------
 // The elements, in memory order, are rows × W with W = C·P: a row holds every slot once, each as
 // a run of P elements. Either

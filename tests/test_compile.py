@@ -111,13 +111,42 @@ def test_export_every_op():
 
 
 def test_export_with_a_dynamic_dimension():
-    """The fake kernels take symbolic shapes: one program serves every length."""
+    """The Meta kernels (csrc/meta.cpp) take symbolic shapes: one program serves every length."""
     model = EveryOp()
     n = torch.export.Dim("n", min=2, max=1 << 20)
     ep = torch.export.export(model, (torch.randn(8, 3),), dynamic_shapes={"x": {0: n}})
     for rows in (2, 5, 1000):
         x = torch.randn(rows, 3)
         torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=0)
+
+
+def test_export_per_channel_with_dynamic_batch_and_spatial_sizes():
+    """Per-channel coefficients (C, 1, 1) on a channels-last image batch whose N, H and W are
+    symbolic: the Meta kernels give a channels-last result of symbolic shape, and the program
+    serves other sizes, channels-last or not, with the eager results."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torchext.nn.Cubic(num_parameters=4, dim=-3), torchext.nn.ReLU())
+    x = torch.randn(2, 4, 6, 5).to(memory_format=torch.channels_last)
+    dims = {0: torch.export.Dim("n", min=2), 2: torch.export.Dim("h", min=2),
+            3: torch.export.Dim("w", min=2)}
+    ep = torch.export.export(model, (x,), dynamic_shapes={"input": dims})
+    assert ep.module()(x).is_contiguous(memory_format=torch.channels_last)
+    for shape in ((3, 4, 7, 9), (2, 4, 2, 33)):
+        x = torch.randn(shape)
+        for layout in (x, x.to(memory_format=torch.channels_last)):
+            torch.testing.assert_close(ep.module()(layout), model(layout), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compile_with_dynamic_shapes_takes_every_length_without_recompiling():
+    model = EveryOp()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True)
+    for rows in (4, 5, 1000):  # not 3: duck sizing would tie it to the 3 columns
+        x = torch.randn(rows, 3)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-6, atol=1e-6)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, "it recompiled"
 
 
 # ---- compiled autograd ---------------------------------------------------------------------------

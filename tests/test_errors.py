@@ -308,7 +308,7 @@ def test_backward_operator_rejects_bad_grad(op, kind):
 @pytest.mark.parametrize("kind", [k for k in BAD_GRADS if k != "device"])
 @pytest.mark.parametrize("op", OPS)
 def test_fake_kernel_rejects_bad_grad_like_the_real_one(op, kind):
-    """On meta tensors (the fake kernels of torchext/functional.py, which torch.compile and export
+    """On meta tensors (the Meta kernels of csrc/meta.cpp, which torch.compile and export
     trace with) a bad grad raises the same exception type as the CPU kernel."""
     make, exc = BAD_GRADS[kind]
     x = torch.randn(2, 3)

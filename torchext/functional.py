@@ -1,8 +1,9 @@
 """The differentiable torchext ops, made from one table (``OPS``): for each row the function
 (``torchext.cubic``), the ``torch.autograd.Function`` subclass with the same arguments
-(``torchext.CubicFunction``) and the fake kernels that tell ``torch.compile`` and meta tensors what
-the operators in ``torch.ops.torchext`` (csrc/ops.cpp, from the C++ table csrc/ops.h) return.
-``torchext.nn`` makes its modules from the same table.
+(``torchext.CubicFunction``), the vmap rules of the operators in ``torch.ops.torchext``
+(csrc/ops.cpp, from the C++ table csrc/ops.h) and their decompositions for ONNX. ``torchext.nn``
+makes its modules from the same table. The operators' fake (Meta) kernels are in C++
+(csrc/meta.cpp), beside the real ones, so that a process that only loads the library has them.
 
 Two ways to the same kernels and the same gradients:
 
@@ -18,7 +19,7 @@ Two ways to the same kernels and the same gradients:
 
 The wrappers are on the hot path: they do nothing but check that x is a tensor, convert
 Python-number coefficients and call the operator. Every other check lives in the C++ kernels
-(csrc/layout.cpp) and, for fake tensors, in ``_check_fake`` below.
+(csrc/layout.cpp), the Meta kernels' too.
 """
 
 import dataclasses
@@ -29,9 +30,6 @@ import types
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,151 +433,6 @@ def _make_inplace_function(op: OpDef):
     })
 
 
-# ---- fake kernels: what each operator returns, for torch.compile, export and meta tensors --------
-# They follow csrc/layout.cpp: the same checks, the same exception types and words, the same
-# result layout (torch.library.opcheck compares them with the real kernels).
-
-
-def _check_fake_x(op: OpDef, name: str, x: Tensor) -> None:
-    ok = x.dtype in _FLOATS or (op.integral and x.dtype in _INTEGERS)
-    if not ok:
-        kinds = "float16, bfloat16, float32 or float64" + (" or integer" if op.integral else "")
-        raise TypeError(f"torchext.{op.name}: '{name}' must be a {kinds} tensor, got {x.dtype}")
-
-
-def _check_fake_coef(op: OpDef, name: str, c: Tensor, x: Tensor) -> None:
-    if c.dtype not in _FLOATS:
-        raise TypeError(f"torchext.{op.name}: coefficient '{name}' must be a number or a "
-                        f"float16, bfloat16, float32 or float64 tensor, got {c.dtype}")
-    host_scalar = c.dim() == 0 and c.device.type == "cpu" and x.device.type != "cpu"
-    if c.device != x.device and not host_scalar:
-        raise RuntimeError(f"torchext.{op.name}: coefficient '{name}' is on {c.device} but x is "
-                           f"on {x.device}; a coefficient must be on x's device (or be a 0-dim "
-                           f"CPU tensor)")
-    fits = c.dim() <= x.dim() and all(
-        s == 1 or s == xs for s, xs in zip(c.shape, x.shape[x.dim() - c.dim():], strict=True))
-    if not fits:
-        raise ValueError(f"torchext.{op.name}: coefficient '{name}' of shape {list(c.shape)} does "
-                         f"not broadcast to x's shape {list(x.shape)} without enlarging it")
-
-
-def _check_fake_grad(op: OpDef, grad: Tensor, v: Tensor) -> None:
-    _check_fake_x(dataclasses.replace(op, integral=False), "grad", grad)
-    if grad.shape != v.shape:
-        raise ValueError(f"torchext.{op.name}: 'grad' has shape {list(grad.shape)} but x has "
-                         f"shape {list(v.shape)}")
-    if grad.dtype != v.dtype:
-        raise TypeError(f"torchext.{op.name}: 'grad' has dtype {grad.dtype} but x has dtype "
-                        f"{v.dtype}")
-    if grad.device != v.device:
-        raise RuntimeError(f"torchext.{op.name}: 'grad' is on {grad.device} but x is on "
-                           f"{v.device}")
-
-
-def _stride_order(x: Tensor) -> list[int]:
-    """x's dims, outermost first, as TensorIterator orders them (csrc/layout.cpp stride_order)."""
-    perm = list(reversed(range(x.dim())))  # innermost first while sorting
-
-    def should_swap(d0, d1):
-        s0, s1 = x.stride(d0), x.stride(d1)
-        if s0 == 0 or s1 == 0:
-            return 0
-        if s0 != s1:
-            return -1 if s0 < s1 else 1
-        return 1 if x.size(d0) > x.size(d1) else 0
-
-    for i in range(1, x.dim()):
-        d1 = i
-        for d0 in range(i - 1, -1, -1):
-            cmp = should_swap(perm[d0], perm[d1])
-            if cmp > 0:
-                perm[d0], perm[d1] = perm[d1], perm[d0]
-                d1 = d0
-            elif cmp < 0:
-                break
-    return perm[::-1]
-
-
-def _non_overlapping_and_dense(x: Tensor) -> bool:
-    """Whether x's elements fill a block of memory without gaps or overlaps (in some order)."""
-    dims = sorted((d for d in range(x.dim()) if x.size(d) != 1), key=x.stride)
-    expected = 1
-    for d in dims:
-        if x.stride(d) != expected:
-            return False
-        expected *= x.size(d)
-    return True
-
-
-def _empty_like_elementwise(x: Tensor, dtype=None) -> Tensor:
-    """A result laid out as torch's elementwise ops lay it out (csrc/layout.cpp)."""
-    dtype = dtype or x.dtype
-    if x.is_contiguous():
-        return x.new_empty(x.shape, dtype=dtype)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.empty(x.shape, dtype=dtype, device=x.device,
-                           memory_format=torch.channels_last)
-    if _non_overlapping_and_dense(x):
-        return x.new_empty_strided(x.shape, x.stride(), dtype=dtype)
-    strides = [0] * x.dim()
-    step = 1
-    for d in reversed(_stride_order(x)):
-        strides[d] = step
-        step *= x.size(d)
-    return x.new_empty_strided(x.shape, strides, dtype=dtype)
-
-
-def _block(x: Tensor, coefs) -> tuple[int, int]:
-    """The dims [lo, hi) of x the coefficients vary along (csrc/layout.cpp block_of)."""
-    lo, hi = x.dim(), 0
-    for c in coefs:
-        off = x.dim() - c.dim()
-        for d in range(c.dim()):
-            if c.size(d) != 1:
-                lo, hi = min(lo, d + off), max(hi, d + off + 1)
-    return (lo, hi) if hi > 0 else (0, 0)
-
-
-def _result(x: Tensor, coefs) -> Tensor:
-    """The result of an op on x: laid out like x, unless that splits the coefficients' block, which
-    the kernels need together and in order in memory; then row-major."""
-    out = _empty_like_elementwise(x)
-    lo, hi = _block(x, coefs)
-    if hi > lo:
-        order = sorted((d for d in range(x.dim()) if x.size(d) != 1), key=lambda d: -out.stride(d))
-        inside = [k for k, d in enumerate(order) if lo <= d < hi]
-        together = inside == list(range(inside[0], inside[0] + len(inside))) if inside else True
-        if not together or [order[k] for k in inside] != sorted(order[k] for k in inside):
-            out = x.new_empty(x.shape)
-    return out
-
-
-def _register_fakes(op: OpDef) -> None:
-    def fake(x, *coefs):
-        _check_fake_x(op, "x", x)
-        for name, c in zip(op.coefs, coefs, strict=True):
-            _check_fake_coef(op, name, c, x)
-        return _result(x, coefs)
-
-    def fake_backward(grad, v, *coefs):
-        _check_fake_x(dataclasses.replace(op, integral=False), op.saves, v)
-        _check_fake_grad(op, grad, v)
-        for name, c in zip(op.coefs, coefs, strict=True):
-            _check_fake_coef(op, name, c, v)
-        dx = _result(v, coefs)
-        if not op.coefs:
-            return dx
-        return (dx, *(torch.empty(c.shape, dtype=c.dtype, device=v.device) for c in coefs))
-
-    def fake_inplace(x, *coefs):
-        fake(x, *coefs)
-
-    torch.library.register_fake(f"torchext::{op.name}")(fake)
-    torch.library.register_fake(f"torchext::{op.name}_backward")(fake_backward)
-    if op.inplace:
-        torch.library.register_fake(f"torchext::{op.name}_")(fake_inplace)
-
-
 # ---- decompositions: the eager expression, for torch.onnx.export ---------------------------------
 
 
@@ -609,7 +462,6 @@ __all__ = []
 for _op in OPS.values():
     globals()[f"{_op.cls}Function"] = _make_function_class(_op)
     globals()[_op.name] = _make_function(_op, globals()[f"{_op.cls}Function"])
-    _register_fakes(_op)
     _register_vmap_rules(_op)
     _register_decomposition(_op)
     __all__ += [_op.name, f"{_op.cls}Function"]

@@ -1,5 +1,6 @@
-"""Builds torchext._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is
-found.
+"""Builds torchext's library, torchext/_C*.so (a plain shared library with no Python in it, named
+as an extension module so that wheels and editable installs place it): the CPU kernels always,
+the CUDA kernels when torch has CUDA and nvcc is found.
 
 Switches (environment variables):
   USE_CUDA=0                skip the CUDA kernels; USE_CUDA=1 fails loudly if they cannot be built
@@ -94,14 +95,19 @@ def extension():
         py_limited_api=False,
     )
     if not cuda:
-        return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
-    # nvcc: no --use_fast_math, so CUDA results match the CPU's and the reference's.
-    nvcc = opt + ["-lineinfo"]
-    return CUDAExtension(
-        sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
-        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-        **kwargs,
-    )
+        ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    else:
+        # nvcc: no --use_fast_math, so CUDA results match the CPU's and the reference's.
+        nvcc = opt + ["-lineinfo"]
+        ext = CUDAExtension(
+            sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            **kwargs,
+        )
+    # A library that needs no Python: a C++ program with libtorch alone loads it (torchext's
+    # Python package loads it with torch.ops.load_library, not as a module).
+    ext.libraries = [lib for lib in ext.libraries if lib != "torch_python"]
+    return ext
 
 
 class BuildExtensionWithInfo(BuildExtension):
@@ -117,7 +123,7 @@ class BuildExtensionWithInfo(BuildExtension):
         cuda = any(source.endswith(".cu") for source in ext.sources)
         with open(info, "w", encoding="utf-8") as f:
             f.write(
-                "# Written by setup.py when it built torchext._C (not in git).\n"
+                "# Written by setup.py when it built torchext/_C*.so (not in git).\n"
                 f"TORCH_VERSION = {torch.__version__!r}  # the torch it was built against\n"
                 f"TORCH_CUDA = {torch.version.cuda if cuda else None!r}  # None: no CUDA kernels\n"
                 f"DEBUG = {DEBUG!r}\n"

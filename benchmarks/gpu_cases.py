@@ -158,23 +158,23 @@ def check_kernels(key: str) -> int:
 
 
 def check_sanitizer_filter(substring: str) -> int:
-    """Every kernel (entry function) in torchext._C's device code has ``substring`` in its
+    """Every kernel (entry function) in torchext's library's device code has ``substring`` in its
     mangled name, so that ``compute-sanitizer --kernel-name kns=SUBSTRING`` checks them all.
     Needs cuobjdump (skipped, saying so, without). Exit code 3 where it does not."""
     import shutil
     import subprocess
 
-    from torchext import _C
+    library = torchext.library_path()
 
     if not shutil.which("cuobjdump"):
         print("sanitizer filter: not checked (no cuobjdump on PATH)")
         return 0
-    listing = subprocess.run(["cuobjdump", "-symbols", _C.__file__], capture_output=True,
+    listing = subprocess.run(["cuobjdump", "-symbols", library], capture_output=True,
                              text=True).stdout
     kernels = [ln.split()[-1] for ln in listing.splitlines() if "STO_ENTRY" in ln]
     outside = [k for k in kernels if substring not in k]
     print(f"sanitizer filter kns={substring}: matches {len(kernels) - len(outside)} of "
-          f"{len(kernels)} kernels in {_C.__file__}")
+          f"{len(kernels)} kernels in {library}")
     for k in outside:
         print(f"  NOT matched: {k}")
     return 3 if outside or not kernels else 0

@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/gpu_validate.sh OUT              # on the GPU machine, from a clean checkout
 #   bash benchmarks/gpu_validate.sh --dry-run OUT    # anywhere: runs what needs no GPU (CI does)
-#   options: --no-build   reuse the torchext/_C*.so already built in place
+#   options: --no-build   reuse the torchext/_C*.so (the library) already built in place
 #            --budget S   the whole run's seconds (default 480; a dry run's limits are 4 times
 #                         the table's, its budget 1920)
 #
@@ -42,7 +42,7 @@
 # gpu_bandwidth.csv and .md, bench.csv and .md. In a dry run the steps that need a GPU are written
 # "skipped (no GPU, dry run)" and run a CPU smoke version instead where they have one (the same
 # scripts, arguments and case lists, small and on the CPU), so that they cannot rot; a dry run
-# builds only when torchext._C does not import, with setup.py's defaults, outside the budget.
+# builds only when torchext does not import, with setup.py's defaults, outside the budget.
 # Exit code: 0 when every step that ran passed (a dry run included), else 1.
 # shellcheck disable=SC2317  # the cmd_* functions are called by name, from step
 set -uo pipefail
@@ -256,15 +256,15 @@ echo "gpu_validate: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(date
 step env 5 any
 if [ "$BUILD" = 0 ]; then
   record build - 0 "skipped (--no-build)"
-elif dry && "$PY" -c "import torchext._C" 2>/dev/null; then
-  record build - 0 "skipped (dry run: torchext._C is already importable)"
+elif dry && "$PY" -c "import torchext" 2>/dev/null; then
+  record build - 0 "skipped (dry run: torchext already loads)"
 elif dry; then
   step build 120 any  # 480 s: CI's machine may be slow; the budget counts from after it
   START=$SECONDS
 else
   step build 115 any
 fi
-"$PY" -c "import torchext._C" 2>/dev/null || ABORT="torchext._C does not import"
+"$PY" -c "import torchext" 2>/dev/null || ABORT="torchext does not import (its library is not built or does not load)"
 step kernels 15 any
 # gpu_cases.py kernels: 0 fine, 3 only the sanitizer filter misses kernels, else kernels missing.
 if ! dry && [ "$LAST_RC" != 0 ] && [ "$LAST_RC" != 3 ]; then

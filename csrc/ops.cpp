@@ -1,10 +1,14 @@
 // Every torchext operator's schema, defined once from the op table (ops.h): <name> and
 // <name>_backward, and <name>_second_order (the backward's own backward, from ATen ops). The
 // backends register their kernels in cpu/kernels.cpp and cuda/kernels.cu, the derivatives and
-// the second-order operator are registered in autograd.cpp, and the fake (meta) kernels are in
-// torchext/functional.py. Importing torchext._C runs the registrations below.
+// the second-order operator are registered in autograd.cpp, and the Meta kernels (shapes only, for
+// torch.compile, export and meta tensors) in meta.cpp. Loading the library (torch.ops.load_library,
+// dlopen, or linking it) runs the registrations below.
+//
+// The library needs no Python: no Python symbol is referenced here and setup.py does not link
+// libtorch_python, so a C++ program with libtorch alone can load it (examples/cpp/). torchext's
+// Python package loads it with torch.ops.load_library, as torchvision loads its own.
 #include <ATen/Parallel.h>
-#include <Python.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -17,15 +21,6 @@
 #ifndef TORCHEXT_CUDA_ARCHS
 #define TORCHEXT_CUDA_ARCHS ""
 #endif
-
-extern "C" {
-// The _C module has no Python functions of its own: its import loads the library, which
-// registers the operators with the dispatcher (as pytorch/extension-cpp does).
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 namespace torchext {
 namespace {

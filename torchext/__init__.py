@@ -7,6 +7,7 @@ One function per row of the op table (``torchext.functional.OPS``), e.g.
 ``torch.ops.torchext`` (differentiable themselves: the functions call them).
 """
 
+import importlib.machinery
 import os
 import sys
 
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 
 # The op table's functions and autograd.Function classes join these in _load()
 # (torchext.functional.OPS; torchext.functional.__all__ names them).
-__all__ = ["functional", "nn", "reference"]
+__all__ = ["functional", "library_path", "nn", "reference"]
 
 
 def _release(version: str) -> str:
@@ -29,7 +30,7 @@ def _build_mismatch() -> str | None:
 
     try:
         from ._build_info import TORCH_CUDA, TORCH_VERSION
-    except ImportError:  # not built yet, or by an older setup.py: let _C's import tell
+    except ImportError:  # not built yet, or by an older setup.py: let loading the library tell
         return None
     found = f"torch {torch.__version__}"
     if _release(TORCH_VERSION) != _release(torch.__version__):
@@ -51,12 +52,26 @@ def _load_error(problem: str) -> str:
     except ImportError:
         wheel_torch = "install the torch it was built for"
     return (
-        f"torchext's compiled kernels (torchext._C) cannot be loaded: {problem}.\n"
+        f"torchext's compiled kernels (torchext/_C) cannot be loaded: {problem}.\n"
         "  From a source checkout: rebuild them against this torch, in the repository root:\n"
         "      pip install --no-build-isolation -e .\n"
         f"  From a wheel: {wheel_torch}, or build torchext against this torch from its source\n"
         "  (the same command, in a checkout). See README.md, Troubleshooting."
     )
+
+
+def library_path() -> str:
+    """The path of torchext's compiled library: the operators, their kernels and derivatives, with
+    no Python in it. A process that never imports torchext (or a C++ program, by dlopen or by
+    linking it) gets the operators with ``torch.ops.load_library(path)``: e.g. to run a program
+    saved by ``torch.export`` or AOTInductor."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_C" + suffix)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"no compiled library (_C{importlib.machinery.EXTENSION_SUFFIXES[0]}) "
+                            f"in {here}: it has not been built")
 
 
 _loading = False  # while _load() runs: the submodules' imports must not come back through it
@@ -74,14 +89,14 @@ def _load() -> None:
     _loading = True
     try:
         try:
-            from . import _C  # noqa: F401
-        except ImportError as e:
+            torch.ops.load_library(library_path())
+        except (OSError, FileNotFoundError) as e:
             raise ImportError(_load_error(f"{e} (torch {torch.__version__})")) from e
         from . import functional, nn, reference  # noqa: F401  (the import binds them here)
     finally:
         _loading = False
     globals().update((name, getattr(functional, name)) for name in functional.__all__)
-    __all__[:] = [*functional.__all__, "functional", "nn", "reference"]
+    __all__[:] = [*functional.__all__, "functional", "library_path", "nn", "reference"]
 
 
 def _python_m_module() -> str | None:

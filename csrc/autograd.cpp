@@ -146,8 +146,8 @@ auto call_below_autograd(const Handle& handle, const Args&... args) {
 // gradients): it gets a shallow copy with a version counter of its own (variable_data), so that
 // changing one in place after the forward is as fine as in eager; an inference-mode one, which
 // cannot be saved at all, leaves its metadata instead.
-template <class Op>
-struct OpFunction : torch::autograd::Function<OpFunction<Op>> {
+template <class Op, class Node>
+struct OpFunction : torch::autograd::Function<Node> {
   static constexpr int N = kNumCoefs<Op>;
 
   template <class... C>
@@ -196,8 +196,8 @@ struct OpFunction : torch::autograd::Function<OpFunction<Op>> {
 };
 
 // (dx, dcoefficients...) = op_backward(g, v, coefficients...), differentiable by SecondOrder<Op>.
-template <class Op>
-struct BackwardFunction : torch::autograd::Function<BackwardFunction<Op>> {
+template <class Op, class Node>
+struct BackwardFunction : torch::autograd::Function<Node> {
   template <class... C>
   static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& v,
                                const C&... coefs) {
@@ -210,6 +210,11 @@ struct BackwardFunction : torch::autograd::Function<BackwardFunction<Op>> {
     return SecondOrder<Op>::grad(ctx->get_saved_variables(), grads);
   }
 };
+
+// Each op's autograd nodes (Forward, Backward, Inplace): the Functions above under names of their
+// own, defined below the in-place section.
+template <class Op>
+struct Nodes;
 
 // ---- the Autograd kernels ---------------------------------------------------------------------
 
@@ -246,7 +251,7 @@ struct AutogradKernels {
           if (records_nothing({&x}, coefs)) {
             return call_below_autograd(Operators<Op>::forward(), x, c...);
           }
-          return OpFunction<Op>::apply(x, c...);
+          return Nodes<Op>::Forward::apply(x, c...);
         },
         coefs);
   }
@@ -258,7 +263,7 @@ struct AutogradKernels {
             return Signature<Op>::unpack(
                 call_below_autograd(Operators<Op>::backward(), g, v, c...));
           }
-          const variable_list out = BackwardFunction<Op>::apply(g, v, c...);
+          const variable_list out = Nodes<Op>::Backward::apply(g, v, c...);
           std::array<Tensor, N + 1> result;
           std::copy(out.begin(), out.end(), result.begin());
           return result;
@@ -275,11 +280,11 @@ struct AutogradKernels {
 // kernel). Only for ops whose backward reads
 // their result: an overwritten x could not be read.
 
-template <class Op>
-struct InplaceFunction : torch::autograd::Function<InplaceFunction<Op>> {
-  static_assert(kSavesResult<Op> && kNumCoefs<Op> == 0,
-                "in place: ops without coefficients whose backward reads the result");
+template <class Op, class Node>
+struct InplaceFunction : torch::autograd::Function<Node> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x) {
+    static_assert(kSavesResult<Op> && kNumCoefs<Op> == 0,
+                  "in place: ops without coefficients whose backward reads the result");
     {
       // Below the ADInplaceOrView kernel too: mark_dirty bumps x's version.
       at::AutoDispatchBelowADInplaceOrView below;
@@ -303,7 +308,7 @@ void inplace_autograd(const Tensor& x) {
     Operators<Op>::inplace().call(x);
     return;
   }
-  InplaceFunction<Op>::apply(x);
+  Nodes<Op>::Inplace::apply(x);
 }
 
 template <class Op>
@@ -314,6 +319,33 @@ void inplace_version(const Tensor& x) {
   }
   torch::autograd::increment_version(x);
 }
+
+}  // namespace
+
+// ---- the nodes' names ---------------------------------------------------------------------------
+// A C++ Function's node is named after its type (grad_fn.name(), anomaly mode's messages, the
+// profiler's "autograd::engine::evaluate_function: ..."), so each op's Functions get names as
+// torch names its own nodes (MulBackward0): torch::autograd::CppNode<torchext::CubicBackward0>,
+// CubicBackwardBackward0 (its double backward) and ReLU_Backward0 (relu_). Outside the anonymous
+// namespace, which would show in the name.
+#define TORCHEXT_NODES(name, Op)                                                       \
+  struct Op##Backward0 : OpFunction<math::Op, Op##Backward0> {};                       \
+  struct Op##BackwardBackward0 : BackwardFunction<math::Op, Op##BackwardBackward0> {}; \
+  struct Op##_Backward0 : InplaceFunction<math::Op, Op##_Backward0> {};
+TORCHEXT_OPS(TORCHEXT_NODES)
+#undef TORCHEXT_NODES
+
+namespace {
+
+#define TORCHEXT_NODES(name, Op)                      \
+  template <>                                         \
+  struct Nodes<math::Op> {                            \
+    using Forward = torchext::Op##Backward0;          \
+    using Backward = torchext::Op##BackwardBackward0; \
+    using Inplace = torchext::Op##_Backward0;         \
+  };
+TORCHEXT_OPS(TORCHEXT_NODES)
+#undef TORCHEXT_NODES
 
 template <class Op>
 void register_derivatives(torch::Library& m) {

@@ -6,6 +6,7 @@ to one op live in tests/test_<op>.py.
 """
 
 import math
+import re
 import warnings
 
 import pytest
@@ -326,6 +327,41 @@ def test_operators_are_differentiable(op, device):
     bwd = operator(op, backward=True)
     assert gradcheck(bwd, (g, _saved(op, x, cs), *cs))
     assert gradgradcheck(bwd, (g, _saved(op, x, cs), *cs))
+
+
+def node_name(cls):
+    """An autograd node's name as grad_fn.name(), anomaly mode and the profiler give it."""
+    return f"torch::autograd::CppNode<torchext::{cls}>"
+
+
+def test_autograd_nodes_are_named_after_the_op(op, device):
+    """grad_fn names as torch's own (MulBackward0): <Op>Backward0, <Op>BackwardBackward0 for the
+    backward's own node, <Op>_Backward0 in place; not the Function templates' mangled types."""
+    x = make_x((4, 5), torch.float64, device)
+    cs = coefs(op, torch.float64, device)
+    y = function(op)(x, *cs)
+    assert y.grad_fn.name() == node_name(f"{op.cls}Backward0")
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
+    assert dx.grad_fn.name() == node_name(f"{op.cls}BackwardBackward0")
+    if op.inplace:
+        h = x * 1
+        function(op)(h, inplace=True)
+        assert h.grad_fn.name() == node_name(f"{op.cls}_Backward0")
+
+
+def test_anomaly_mode_and_profiler_name_the_node(op, device):
+    x = make_x((4, 5), torch.float32, device)
+    cs = coefs(op, torch.float32, device)
+    g = torch.full((4, 5), float("nan"), device=device)
+    with pytest.warns(UserWarning), torch.autograd.detect_anomaly(check_nan=True):
+        y = function(op)(x, *cs)
+        with pytest.raises(RuntimeError, match=re.escape(f"'{node_name(op.cls + 'Backward0')}' "
+                                                         "returned nan values")):
+            y.backward(g)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        function(op)(x, *cs).backward(torch.ones(4, 5, device=device))
+    names = {e.name for e in prof.events()}
+    assert f"autograd::engine::evaluate_function: {node_name(op.cls + 'Backward0')}" in names
 
 
 def test_no_grad_and_inference_mode(op, fn, device):

@@ -133,7 +133,7 @@ def test_contenders_take_turns():
 FAULTS_ONCE_SETTLED = """
 import resource, sys, torch
 from torchext import bench
-print(bench._keep_freed_memory() if sys.argv[1] == "keep" else "system")
+print(bench.keep_freed_memory() if sys.argv[1] == "keep" else "system")
 for _ in range(12):  # 64 MB each, freed at once: malloc's heap settles
     torch.ones(2**24)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -198,7 +198,7 @@ def _settings(args) -> argparse.Namespace:
 # ---- measuring -----------------------------------------------------------------------------------
 
 
-def _keep_freed_memory() -> str:
+def keep_freed_memory() -> str:
     """Tell glibc's malloc to serve every block from its heap and never give the heap back, so
     that a freed output's pages are reused, already mapped, by the next call; "keep" if done,
     "system" where the C library is not glibc."""
@@ -796,7 +796,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     # Quiet the profiler's per-session log lines (used for CPU peak memory) unless asked for.
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    malloc = _keep_freed_memory() if args.malloc == "keep" else "system"
+    malloc = keep_freed_memory() if args.malloc == "keep" else "system"
     meta = {"device": cfg.device, "device_name": _device_name(cfg.device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "malloc": malloc}
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,43 @@ def test_export_per_channel_with_dynamic_batch_and_spatial_sizes():
             torch.testing.assert_close(ep.module()(layout), model(layout), rtol=0, atol=0)
 
 
+def _torchext_calls(gm) -> list:
+    return [n.target for n in gm.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("torchext.")]
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out of place", "in place"])
+@pytest.mark.parametrize("op", list(torchext.functional.OPS.values()), ids=lambda op: op.name)
+def test_compile_as_eager_ops_trace_as_torch_export_keeps_the_operator(op, inplace):
+    """torch.compile traces an op marked compile_as_eager (ReLU) as its eager expression, so that
+    Inductor can fuse it with its neighbours; every other op stays the operator. torch.export
+    keeps the operator for all (the saved program runs torchext's kernels)."""
+    if inplace and not op.inplace:
+        pytest.skip(f"{op.name} has no in-place form")
+    kwargs = {"inplace": True} if inplace else {}
+    coefs = [torch.tensor(0.5)] * len(op.coefs)
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return getattr(torchext, op.name)(x * 1, *coefs, **kwargs)
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.randn(3, 5)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(Model(), backend=backend, fullgraph=True)(x),
+                               Model()(x), rtol=0, atol=0)
+    (graph,) = graphs
+    assert bool(_torchext_calls(graph)) == (not op.compile_as_eager), graph.code
+    exported = torch.export.export(Model(), (x,)).graph_module
+    name = op.name + ("_" if inplace else "")
+    assert [str(t) for t in _torchext_calls(exported)] == [f"torchext.{name}.default"]
+
+
 @pytest.mark.slow
 def test_compile_with_dynamic_shapes_takes_every_length_without_recompiling():
     model = EveryOp()

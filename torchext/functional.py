@@ -45,6 +45,11 @@ class OpDef:
     init: tuple | None = None  # the module's initial coefficients (None: randn, as the tutorial)
     inplace: bool = False  # has an in-place form: <name>(x, inplace=True)
     integral: bool = False  # takes integer tensors too (values only: they have no gradient)
+    # Under torch.compile (not torch.export) the function and the module trace as the eager
+    # expression, which Inductor fuses with its neighbours: an operator is opaque to Inductor,
+    # and where torch's own kernel is as fast as ours (ReLU) the fusion is all that counts (a
+    # compiled resnet18 step: benchmarks/NOTES.md §11).
+    compile_as_eager: bool = False
 
 
 OPS = {
@@ -59,7 +64,7 @@ OPS = {
               "dd = Σg*b*P3'(u)*x", coefs=("a", "b", "c", "d"), init=(0.0, -1.0, 0.0, 0.3)),
         OpDef("relu", "ReLU", "torch.relu(x)",
               "dx = g where the result is > 0 or NaN, else 0 (0 at x == 0, as torch.relu)",
-              saves="result", inplace=True, integral=True),
+              saves="result", inplace=True, integral=True, compile_as_eager=True),
     )
 }
 
@@ -126,6 +131,10 @@ def _doc(op: OpDef) -> str:
     if op.inplace:
         extra = ("\n\n``inplace=True`` writes the result into x, as ``torch.relu_`` does, and "
                  "returns x.")
+    if op.compile_as_eager:
+        extra += ("\n\nUnder ``torch.compile`` (not ``torch.export``) it traces as "
+                  f"``{op.formula}``, which Inductor fuses with its neighbours; export keeps the "
+                  "operator.")
     if op.name == "relu":
         extra += ("\n\nBit for bit ``torch.relu``: NaN stays NaN, ``-0.0`` stays ``-0.0``. The "
                   "tutorial's ``MyReLU`` differs at exactly ``x == 0``: it passes the gradient "
@@ -183,6 +192,15 @@ def _transformed_call(function_class, op: OpDef, args):
     return function_class.apply(*args)
 
 
+def _compiled_call(op: OpDef, args, inplace=False):
+    """A call that torch.compile traces, for the ops that compile as their eager expression
+    (OpDef.compile_as_eager): in place, the result written into x."""
+    from . import reference
+
+    y = reference.EAGER[op.name](*args)
+    return args[0].copy_(y) if inplace else y
+
+
 def _transformed() -> bool:
     """Whether a torch.func transform or forward-mode AD is active: then the functions go through
     the <cls>Function classes, which those support (the C++ derivatives cannot run there)."""
@@ -197,6 +215,10 @@ def _make_function(op: OpDef, function_class):
     args = ", ".join(("x", *op.coefs))
     params = ", ".join((args, *(["inplace=False"] if op.inplace else [])))
     lines = [f"def {op.name}({params}):"]
+    if op.compile_as_eager:  # dynamo folds the test: a branch only while it traces
+        inplace_arg = ", inplace" if op.inplace else ""
+        lines += ["    if _dynamo_compiling() and not _exporting():",
+                  f"        return _compiled_call(_op, ({args},){inplace_arg})"]
     # Not a tensor: an fx Proxy (torch.fx.symbolic_trace) records the call; anything else is
     # refused by _check_x, as is a jagged nested tensor.
     kwargs = "{'inplace': inplace}" if op.inplace else "{}"
@@ -225,7 +247,9 @@ def _make_function(op: OpDef, function_class):
                  "_functorch_active": torch._C._are_functorch_transforms_active,
                  "_Proxy": torch.fx.Proxy, "_trace": _trace, "_onnx": _ONNX_EXPORT,
                  "_onnx_dynamo": _ONNX_DYNAMO_EXPORT,
-                 "_transformed_call": _transformed_call, "_op": op}
+                 "_transformed_call": _transformed_call, "_op": op,
+                 "_dynamo_compiling": torch.compiler.is_dynamo_compiling,
+                 "_exporting": torch.compiler.is_exporting, "_compiled_call": _compiled_call}
     if op.inplace:
         namespace["_Inplace"] = _make_inplace_function(op)
         namespace["_inplace_operator"] = getattr(torch.ops.torchext, f"{op.name}_").default

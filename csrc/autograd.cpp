@@ -241,9 +241,14 @@ bool records_nothing(std::initializer_list<const Tensor*> first,
 }
 
 template <class Op>
+void inplace_autograd(const Tensor& x);  // <op>_: with the in-place Function, below
+
+template <class Op>
 struct AutogradKernels {
   static constexpr int N = kNumCoefs<Op>;
   using Coefs = std::array<Tensor, N>;
+
+  static void inplace(const Tensor& x, const Coefs&) { inplace_autograd<Op>(x); }
 
   static Tensor forward(const Tensor& x, const Coefs& coefs) {
     return std::apply(
@@ -348,16 +353,6 @@ TORCHEXT_OPS(TORCHEXT_NODES)
 #undef TORCHEXT_NODES
 
 template <class Op>
-void register_derivatives(torch::Library& m) {
-  using S = Signature<Op>;
-  m.impl(OpName<Op>::kName, &S::template forward<AutogradKernels<Op>>);
-  m.impl((std::string(OpName<Op>::kName) + "_backward").c_str(),
-         &S::template backward<AutogradKernels<Op>>);
-  if constexpr (kInplace<Op>)
-    m.impl((std::string(OpName<Op>::kName) + "_").c_str(), &inplace_autograd<Op>);
-}
-
-template <class Op>
 void register_version_bump(torch::Library& m) {
   if constexpr (kInplace<Op>) {
     m.impl((std::string(OpName<Op>::kName) + "_").c_str(), &inplace_version<Op>);
@@ -390,7 +385,7 @@ void register_second_order(torch::Library& m) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchext, Autograd, m) {
-#define TORCHEXT_REGISTER(name, Op) register_derivatives<math::Op>(m);
+#define TORCHEXT_REGISTER(name, Op) register_kernels<AutogradKernels, math::Op>(m);
   TORCHEXT_OPS(TORCHEXT_REGISTER)
 #undef TORCHEXT_REGISTER
 }

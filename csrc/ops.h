@@ -132,7 +132,8 @@ struct Signature<Op, std::index_sequence<I...>> {
 };
 
 // A backend's kernels for every op of the table: Kernels<Op>::forward, ::backward and, where
-// kInplace, ::inplace, bound to the operators' signatures (cpu/kernels.cpp, cuda/kernels.cu).
+// kInplace, ::inplace, bound to the operators' signatures (cpu/kernels.cpp, cuda/kernels.cu,
+// meta.cpp, and autograd.cpp's Autograd kernels).
 template <template <class> class Kernels, class Op>
 void register_kernels(torch::Library& m) {
   using S = Signature<Op>;

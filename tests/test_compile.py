@@ -137,6 +137,23 @@ def test_export_per_channel_with_dynamic_batch_and_spatial_sizes():
             torch.testing.assert_close(ep.module()(layout), model(layout), rtol=0, atol=0)
 
 
+def test_symbolic_shapes_run_the_meta_kernels_not_the_onnx_decompositions(monkeypatch):
+    """Under symbolic shapes FakeTensor would run the eager expression registered in torch._decomp
+    for ONNX instead of the C++ Meta kernels, unless told that they take SymInts."""
+    used = []
+    for op in torchext.functional.OPS:
+        overload = getattr(torch.ops.torchext, op).default
+        decomposition = torch._decomp.decomposition_table[overload]
+        def spy(*args, _d=decomposition, _op=op, **kwargs):
+            used.append(_op)
+            return _d(*args, **kwargs)
+
+        monkeypatch.setitem(torch._decomp.decomposition_table, overload, spy)
+    n = torch.export.Dim("n", min=2, max=1 << 20)
+    torch.export.export(EveryOp(), (torch.randn(8, 3),), dynamic_shapes={"x": {0: n}})
+    assert used == []
+
+
 def _torchext_calls(gm) -> list:
     return [n.target for n in gm.graph.nodes
             if n.op == "call_function" and str(n.target).startswith("torchext.")]

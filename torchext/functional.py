@@ -183,18 +183,16 @@ def _transformed_call(function_class, op: OpDef, args):
     result copied into x (ONNX graphs are functional: an in-place operator has no translation)."""
     inplace = function_class.__name__.endswith("InplaceFunction")
     if _ONNX_EXPORT._in_onnx_export:
-        from . import reference
-
-        y = reference.EAGER[op.name](*args)
-        return args[0].copy_(y) if inplace else y
+        return _eager_call(op, args, inplace)
     if inplace and _ONNX_DYNAMO_EXPORT._is_onnx_exporting:
         return args[0].copy_(_operator(op)(*args))
     return function_class.apply(*args)
 
 
-def _compiled_call(op: OpDef, args, inplace=False):
-    """A call that torch.compile traces, for the ops that compile as their eager expression
-    (OpDef.compile_as_eager): in place, the result written into x."""
+def _eager_call(op: OpDef, args, inplace=False):
+    """The op as its eager expression (in place: the result written into x), for the tracers that
+    take it instead of the operator: the legacy ONNX exporter, and torch.compile for the ops
+    marked compile_as_eager."""
     from . import reference
 
     y = reference.EAGER[op.name](*args)
@@ -218,7 +216,7 @@ def _make_function(op: OpDef, function_class):
     if op.compile_as_eager:  # dynamo folds the test: a branch only while it traces
         inplace_arg = ", inplace" if op.inplace else ""
         lines += ["    if _dynamo_compiling() and not _exporting():",
-                  f"        return _compiled_call(_op, ({args},){inplace_arg})"]
+                  f"        return _eager_call(_op, ({args},){inplace_arg})"]
     # Not a tensor: an fx Proxy (torch.fx.symbolic_trace) records the call; anything else is
     # refused by _check_x, as is a jagged nested tensor.
     kwargs = "{'inplace': inplace}" if op.inplace else "{}"
@@ -249,7 +247,7 @@ def _make_function(op: OpDef, function_class):
                  "_onnx_dynamo": _ONNX_DYNAMO_EXPORT,
                  "_transformed_call": _transformed_call, "_op": op,
                  "_dynamo_compiling": torch.compiler.is_dynamo_compiling,
-                 "_exporting": torch.compiler.is_exporting, "_compiled_call": _compiled_call}
+                 "_exporting": torch.compiler.is_exporting, "_eager_call": _eager_call}
     if op.inplace:
         namespace["_Inplace"] = _make_inplace_function(op)
         namespace["_inplace_operator"] = getattr(torch.ops.torchext, f"{op.name}_").default
@@ -472,12 +470,28 @@ def _register_decomposition(op: OpDef) -> None:
         return reference.EAGER[op.name](x, *coefs).to(x.dtype)
 
     torch._decomp.register_decomposition(_operator(op))(decomposition)
+    _prefer_meta_kernel(_operator(op))
     if op.inplace:
         def inplace_decomposition(x, *coefs):
             x.copy_(decomposition(x, *coefs))
 
         inplace = getattr(torch.ops.torchext, f"{op.name}_").default
         torch._decomp.register_decomposition(inplace)(inplace_decomposition)
+        _prefer_meta_kernel(inplace)
+
+
+def _prefer_meta_kernel(overload) -> None:
+    """Under symbolic shapes FakeTensorMode (torch.compile, torch.export) runs an op's entry in
+    torch._decomp's table instead of its C++ Meta kernel, unless it knows that the Meta kernel
+    takes SymInts. Ours do (layout.cpp), and the eager expression registered above for ONNX would
+    give its own result layout instead of the kernels' (a row-major result where x's layout splits
+    a coefficient's block, say)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    # A private ordered set of torch's (a dict of keys): where it is gone, the decomposition runs.
+    supported = getattr(FakeTensorMode, "_cpp_meta_supports_symint", None)
+    if isinstance(supported, dict):
+        supported[overload] = True
 
 
 # ---- the table's functions and classes, as this module's names -----------------------------------

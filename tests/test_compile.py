@@ -137,21 +137,20 @@ def test_export_per_channel_with_dynamic_batch_and_spatial_sizes():
             torch.testing.assert_close(ep.module()(layout), model(layout), rtol=0, atol=0)
 
 
-def test_symbolic_shapes_run_the_meta_kernels_not_the_onnx_decompositions(monkeypatch):
-    """Under symbolic shapes FakeTensor would run the eager expression registered in torch._decomp
-    for ONNX instead of the C++ Meta kernels, unless told that they take SymInts."""
-    used = []
-    for op in torchext.functional.OPS:
-        overload = getattr(torch.ops.torchext, op).default
-        decomposition = torch._decomp.decomposition_table[overload]
-        def spy(*args, _d=decomposition, _op=op, **kwargs):
-            used.append(_op)
-            return _d(*args, **kwargs)
+def test_inductor_compiles_the_operators_where_the_environment_says_ci(monkeypatch):
+    """Inductor refuses to fall back to an operator that torch._decomp's global table lists when
+    the environment variable CI is set, as CI services set it. torchext lists none there (ONNX
+    exports trace the eager expressions instead), so a user's CI compiles models with its ops."""
+    from torch._inductor import config, lowering
 
-        monkeypatch.setitem(torch._decomp.decomposition_table, overload, spy)
-    n = torch.export.Dim("n", min=2, max=1 << 20)
-    torch.export.export(EveryOp(), (torch.randn(8, 3),), dynamic_shapes={"x": {0: n}})
-    assert used == []
+    monkeypatch.setenv("CI", "true")
+    for overload in TORCHEXT_OPS:  # as in a fresh process: no fallback made yet
+        monkeypatch.delitem(lowering.lowerings, overload, raising=False)
+    torch._dynamo.reset()
+    model, x = EveryOp(), torch.linspace(-2, 2, 37)
+    with torch.no_grad(), config.patch(fx_graph_cache=False):  # lowered afresh, not cached
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+    torch._dynamo.reset()
 
 
 def _torchext_calls(gm) -> list:

@@ -1,8 +1,9 @@
-"""ONNX export of models with torchext ops, out of the box: torch.onnx.export's dynamo-based
-exporter decomposes each operator into its eager expression (registered in torch._decomp's
-table), the legacy TorchScript-based one traces the eager expression; in-place ops export as
-their functional result. Checked with onnxruntime against eager; skipped, naming the package, where
-onnx, onnxscript or onnxruntime is not installed (pip install -e ".[onnx]")."""
+"""ONNX export of models with torchext ops, out of the box: under either torch.onnx.export
+(dynamo-based or legacy TorchScript-based) each function traces as its eager expression; in-place
+ops export as their functional result; a program exported earlier goes to ONNX after
+run_decompositions with torchext.decompositions(). Checked with onnxruntime against eager;
+skipped, naming the package, where onnx, onnxscript or onnxruntime is not installed
+(pip install -e ".[onnx]")."""
 
 import io
 import warnings
@@ -56,9 +57,31 @@ def test_export_runs_in_onnxruntime(dynamo, inplace):
             buffer = io.BytesIO()
             torch.onnx.export(model, (x.clone(),), buffer, dynamo=False)
             data = buffer.getvalue()
+    _assert_runs_as(data, x, expected)
+
+
+def _assert_runs_as(data: bytes, x, expected) -> None:
     session = ort.InferenceSession(data)
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_exported_program_runs_in_onnxruntime_after_torchext_decompositions():
+    """A program saved by torch.export keeps the operators; run_decompositions with
+    torchext.decompositions() turns them into their eager expressions, which ONNX translates."""
+    torch.manual_seed(0)
+    model = EveryOp(inplace=False).eval()
+    x = randn(4, 3)
+    with torch.no_grad():
+        expected = model(x)
+    table = torch.export.default_decompositions()
+    table.update(torchext.decompositions())
+    ep = torch.export.export(model, (x,)).run_decompositions(table)
+    assert not [n for n in ep.graph.nodes if str(n.target).startswith("torchext.")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxscript's chatter
+        data = torch.onnx.export(ep, dynamo=True).model_proto.SerializeToString()
+    _assert_runs_as(data, x, expected)
 
 
 def test_torch_export_keeps_the_fused_operators():

@@ -1,7 +1,7 @@
 """The differentiable torchext ops, made from one table (``OPS``): for each row the function
 (``torchext.cubic``), the ``torch.autograd.Function`` subclass with the same arguments
 (``torchext.CubicFunction``), the vmap rules of the operators in ``torch.ops.torchext``
-(csrc/ops.cpp, from the C++ table csrc/ops.h) and their decompositions for ONNX. ``torchext.nn``
+(csrc/ops.cpp, from the C++ table csrc/ops.h). ``torchext.nn``
 makes its modules from the same table. The operators' fake (Meta) kernels are in C++
 (csrc/meta.cpp), beside the real ones, so that a process that only loads the library has them.
 
@@ -178,14 +178,13 @@ _ONNX_EXPORT, _ONNX_DYNAMO_EXPORT = _onnx_export_flag(), _onnx_dynamo_export_fla
 
 def _transformed_call(function_class, op: OpDef, args):
     """A call under a torch.func transform or forward-mode AD: through the Function class. Under
-    torch.onnx.export: for the legacy exporter the eager expression, which it translates (the
-    dynamo-based one decomposes the operator instead: _register_decomposition); in place, the
-    result copied into x (ONNX graphs are functional: an in-place operator has no translation)."""
-    inplace = function_class.__name__.endswith("InplaceFunction")
-    if _ONNX_EXPORT._in_onnx_export:
-        return _eager_call(op, args, inplace)
-    if inplace and _ONNX_DYNAMO_EXPORT._is_onnx_exporting:
-        return args[0].copy_(_operator(op)(*args))
+    torch.onnx.export (either exporter): the eager expression, which ONNX translates; in place,
+    the result copied into x (ONNX graphs are functional). Not a decomposition in torch._decomp's
+    table: that table is global, and Inductor (which refuses a fallback for an op listed there
+    when the environment variable CI is set, as CI services set it) and FakeTensor (which runs a
+    listed decomposition instead of the Meta kernel under symbolic shapes) read it too."""
+    if _ONNX_EXPORT._in_onnx_export or _ONNX_DYNAMO_EXPORT._is_onnx_exporting:
+        return _eager_call(op, args, function_class.__name__.endswith("InplaceFunction"))
     return function_class.apply(*args)
 
 
@@ -196,7 +195,7 @@ def _eager_call(op: OpDef, args, inplace=False):
     from . import reference
 
     y = reference.EAGER[op.name](*args)
-    return args[0].copy_(y) if inplace else y
+    return args[0].copy_(y) if inplace else y.to(args[0].dtype)  # as the operator, x's dtype
 
 
 def _transformed() -> bool:
@@ -233,7 +232,7 @@ def _make_function(op: OpDef, function_class):
                   "        _inplace_operator(x)",
                   "        return x"]
     lines += ["    if (_functorch_active() or _forward_ad._current_level >= 0"
-              " or _onnx._in_onnx_export):",
+              " or _onnx._in_onnx_export or _onnx_dynamo._is_onnx_exporting):",
               f"        return _transformed_call(_Function, _op, ({args},))",
               *not_a_tensor]
     for c in op.coefs:
@@ -455,53 +454,40 @@ def _make_inplace_function(op: OpDef):
     })
 
 
-# ---- decompositions: the eager expression, for torch.onnx.export ---------------------------------
+# ---- ONNX, from a saved program ------------------------------------------------------------------
 
 
-def _register_decomposition(op: OpDef) -> None:
-    """The eager expression as the forward operator's decomposition in torch._decomp's table,
-    which torch.onnx.export (dynamo) applies to ops it has no ONNX function for: a model with
-    torchext ops exports to ONNX as it is. torch.compile and torch.export's own decompositions
-    use curated tables and keep the fused operator."""
+def decompositions() -> dict:
+    """Each operator's eager expression, as a decomposition table for
+    ``ExportedProgram.run_decompositions``: the way to ONNX for a program exported before
+    ``torch.onnx.export`` saw it (``torch.onnx.export(model)`` needs none; there each function
+    traces as its eager expression). Add it to torch's own table::
 
-    def decomposition(x, *coefs):
-        from . import reference  # not on the fast path: only when decomposing
+        table = torch.export.default_decompositions()
+        table.update(torchext.decompositions())
+        onnx_program = torch.onnx.export(ep.run_decompositions(table))
 
-        return reference.EAGER[op.name](x, *coefs).to(x.dtype)
+    The out-of-place operators only: a saved program holds an in-place one (``inplace=True``)
+    inside torch's ``auto_functionalized`` wrapper, which run_decompositions leaves whole; export
+    such a model to ONNX directly. Not registered in torch._decomp's global table: Inductor and
+    FakeTensor read that too."""
 
-    torch._decomp.register_decomposition(_operator(op))(decomposition)
-    _prefer_meta_kernel(_operator(op))
-    if op.inplace:
-        def inplace_decomposition(x, *coefs):
-            x.copy_(decomposition(x, *coefs))
+    def decomposition(op: OpDef):
+        def decompose(x, *coefs):
+            return _eager_call(op, (x, *coefs))
 
-        inplace = getattr(torch.ops.torchext, f"{op.name}_").default
-        torch._decomp.register_decomposition(inplace)(inplace_decomposition)
-        _prefer_meta_kernel(inplace)
+        return decompose
 
-
-def _prefer_meta_kernel(overload) -> None:
-    """Under symbolic shapes FakeTensorMode (torch.compile, torch.export) runs an op's entry in
-    torch._decomp's table instead of its C++ Meta kernel, unless it knows that the Meta kernel
-    takes SymInts. Ours do (layout.cpp), and the eager expression registered above for ONNX would
-    give its own result layout instead of the kernels' (a row-major result where x's layout splits
-    a coefficient's block, say)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    # A private ordered set of torch's (a dict of keys): where it is gone, the decomposition runs.
-    supported = getattr(FakeTensorMode, "_cpp_meta_supports_symint", None)
-    if isinstance(supported, dict):
-        supported[overload] = True
+    return {_operator(op): decomposition(op) for op in OPS.values()}
 
 
 # ---- the table's functions and classes, as this module's names -----------------------------------
 
-__all__ = []
+__all__ = ["decompositions"]
 for _op in OPS.values():
     globals()[f"{_op.cls}Function"] = _make_function_class(_op)
     globals()[_op.name] = _make_function(_op, globals()[f"{_op.cls}Function"])
     _register_vmap_rules(_op)
-    _register_decomposition(_op)
     __all__ += [_op.name, f"{_op.cls}Function"]
 __all__.sort()
 del _op

@@ -148,14 +148,15 @@ void finish_sums(Call& call, const Tiling& tl, const std::vector<T>& partial) {
   at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
     for (int64_t rt = 0; rt < tl.row_tiles; ++rt) {
       for (int j = 0; j < N; ++j) {
-        for (int64_t c = c0; c < c1; ++c) {
-          if (tl.runs) {
-            for (int64_t s = 0; s < tl.segs; ++s)
-              kahan_add(sum[j * C + c], comp[j * C + c],
-                        partial[((rt * C + c) * tl.segs + s) * N + j]);
-          } else {
-            kahan_add(sum[j * C + c], comp[j * C + c], partial[(rt * N + j) * C + c]);
-          }
+        T* __restrict__ s = sum.data() + j * C;
+        T* __restrict__ k = comp.data() + j * C;
+        if (tl.runs) {
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t seg = 0; seg < tl.segs; ++seg)
+              kahan_add(s[c], k[c], partial[((rt * C + c) * tl.segs + seg) * N + j]);
+        } else {  // the slots side by side: a loop that vectorizes
+          const T* __restrict__ p = partial.data() + (rt * N + j) * C;
+          for (int64_t c = c0; c < c1; ++c) kahan_add(s[c], k[c], p[c]);
         }
       }
     }

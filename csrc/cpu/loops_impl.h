@@ -211,8 +211,11 @@ static_assert(kBlock % kLanes == 0);
 // and lane, too dear to pay every block: benchmarks/NOTES.md §10).
 constexpr int64_t kLaneBlock = 16 * kLanes;
 constexpr int64_t kFlush = 16 * kLaneBlock;
-// Column tiles: rows added plainly before the block's sums join the compensated ones.
+// Column tiles: rows taken at once (their terms summed first), and rows added plainly before the
+// block's sums join the compensated ones (a multiple of kRowsAtOnce).
+constexpr int kRowsAtOnce = 4;
 constexpr int kRowsPerFlush = 16;
+static_assert(kRowsPerFlush % kRowsAtOnce == 0);
 
 // Compensated sums per lane, kept over a tile's run: the lane accumulators of each block of
 // kLaneBlock elements are added plainly to block (absorb), and every kFlush elements block joins
@@ -427,21 +430,52 @@ struct Tile {
            job.g.kind == Operand::kDense;
   }
 
-  // dx over a row's block of columns, column i taking the coefficients k[j * kstride + i]; adds
-  // each column's terms to acc[j][i].
-  void backward_columns(int64_t e, int64_t len, const T* __restrict__ k, int64_t kstride,
-                        T (*__restrict__ acc)[kBlock]) const {
-    T gbuf[kBlock], xbuf[kBlock], dbuf[kBlock];
-    const T* __restrict__ gb = read<T, scalar_t>(job.g, e, len, gbuf);
-    const T* __restrict__ xb = read<T, scalar_t>(job.x, e, len, xbuf);
-    T* __restrict__ db = dest<T>(job.out, e, dbuf);
-    for (int64_t i = 0; i < len; ++i) {
-      T kk[NC], terms[NC];
-      for (int j = 0; j < N; ++j) kk[j] = k[j * kstride + i];
-      db[i] = Op::backward(gb[i], xb[i], kk, terms);
-      for (int j = 0; j < N; ++j) acc[j][i] += terms[j];
+  // R rows of operand o's len elements from flat index e on (rows W apart), in T: a pointer and
+  // its row stride, into o itself where it is dense and stored in T, else into buf.
+  template <int R>
+  static const T* read_rows(const Operand& o, int64_t e, int64_t W, int64_t len,
+                            T (&buf)[R][kBlock], int64_t* stride) {
+    if constexpr (std::is_same_v<T, scalar_t>) {
+      if (o.kind == Operand::kDense) {
+        *stride = W;
+        return static_cast<const T*>(o.data) + e;
+      }
     }
-    write<T>(job.out, e, db, len);
+    for (int r = 0; r < R; ++r) read<T, scalar_t>(o, e + r * W, len, buf[r]);
+    *stride = kBlock;
+    return buf[0];
+  }
+
+  // dx over R rows' block of columns (rows from flat index e on, W apart), column i taking the
+  // coefficients k[j * kstride + i]; adds each column's terms, its R rows' summed first, to
+  // acc[j * astride + i]. R rows at once load each coefficient and update each sum once per R
+  // elements: one row at a time, those loads and stores cost more than the math.
+  template <int R>
+  void backward_columns(int64_t e, int64_t len, const T* __restrict__ k, int64_t kstride,
+                        T* __restrict__ acc, int64_t astride) const {
+    const int64_t W = job.tiling.W;
+    T gbuf[R][kBlock], xbuf[R][kBlock], dbuf[R][kBlock];
+    int64_t gs, xs;
+    const T* __restrict__ g = read_rows<R>(job.g, e, W, len, gbuf, &gs);
+    const T* __restrict__ x = read_rows<R>(job.x, e, W, len, xbuf, &xs);
+    constexpr bool kDirect = std::is_same_v<T, scalar_t>;  // dx computed in the output itself
+    T* __restrict__ d = dest<T>(job.out, e, dbuf[0]);
+    const int64_t ds = kDirect ? W : kBlock;
+    // The rows are disjoint (a block lies within a row): no store of one row feeds another.
+#pragma GCC ivdep
+    for (int64_t i = 0; i < len; ++i) {
+      T kk[NC], terms[R][NC];
+      for (int j = 0; j < N; ++j) kk[j] = k[j * kstride + i];
+      for (int r = 0; r < R; ++r)
+        d[r * ds + i] = Op::backward(g[r * gs + i], x[r * xs + i], kk, terms[r]);
+      for (int j = 0; j < N; ++j) {
+        T sum = terms[0][j];
+        for (int r = 1; r < R; ++r) sum += terms[r][j];
+        acc[j * astride + i] += sum;
+      }
+    }
+    if constexpr (!kDirect)
+      for (int r = 0; r < R; ++r) write<T>(job.out, e + r * W, dbuf[r], len);
   }
 
   void backward(int64_t t) const {
@@ -473,36 +507,56 @@ struct Tile {
     std::vector<T> expanded;
     int64_t kstride;
     const T* k = coefs_of_columns(c, &expanded, &kstride);
-    // A block of columns at a time over all the tile's rows (its coefficients and sums stay in
-    // cache): per column, kRowsPerFlush rows added plainly, then into compensated sums; the
-    // block's column totals go to total[j * ncols + q].
-    std::vector<T> total(N * ncols);
-    for (int64_t q = 0; q < ncols; q += kBlock) {
-      const int64_t len = std::min(kBlock, ncols - q);
-      T acc[NC][kBlock] = {}, sum[NC][kBlock] = {}, comp[NC][kBlock] = {};
-      for (int64_t row = c.r0; row < c.r1; ++row) {
-        backward_columns(row * tl.W + c.c0 * P + q, len, k + q, kstride, acc);
-        if ((row - c.r0 + 1) % kRowsPerFlush == 0 || row + 1 == c.r1) {
-          for (int j = 0; j < N; ++j) {
-            for (int64_t i = 0; i < len; ++i) {
-              kahan_add(sum[j][i], comp[j][i], acc[j][i]);
-              acc[j][i] = T(0);
-            }
-          }
+    // kRowsAtOnce rows at a time, each row's columns in order: memory in order (a block of
+    // columns walked down the rows strides through it, which the hardware prefetchers follow
+    // worse). Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
+    // (sum, comp), each [N][ncols].
+    const int64_t rt = t / tl.col_tiles, C = job.slots.C, width = N * ncols;
+    std::vector<T> sums(3 * width);
+    T* acc = sums.data();
+    T* sum = acc + width;
+    T* comp = sum + width;
+    for (int64_t row = c.r0; row < c.r1;) {
+      const bool group = row + kRowsAtOnce <= c.r1;
+      for (int64_t q = 0; q < ncols; q += kBlock) {
+        const int64_t e = row * tl.W + c.c0 * P + q, len = std::min(kBlock, ncols - q);
+        if (group) {
+          backward_columns<kRowsAtOnce>(e, len, k + q, kstride, acc + q, ncols);
+        } else {
+          backward_columns<1>(e, len, k + q, kstride, acc + q, ncols);
         }
       }
-      for (int j = 0; j < N; ++j)
-        for (int64_t i = 0; i < len; ++i) total[j * ncols + q + i] = sum[j][i] + comp[j][i];
-    }
-    // Each slot's P columns, into the row tile's partial sums.
-    const int64_t rt = t / tl.col_tiles, C = job.slots.C;
-    for (int j = 0; j < N; ++j) {
-      for (int64_t s = c.c0; s < c.c1; ++s) {
-        T sum = 0, comp = 0;
-        for (int64_t q = (s - c.c0) * P; q < (s - c.c0 + 1) * P; ++q)
-          kahan_add(sum, comp, total[j * ncols + q]);
-        job.partial[(rt * N + j) * C + s] = sum + comp;
+      row += group ? kRowsAtOnce : 1;
+      if ((row - c.r0) % kRowsPerFlush == 0 || row == c.r1) {
+        for (int64_t i = 0; i < width; ++i) {
+          kahan_add(sum[i], comp[i], acc[i]);
+          acc[i] = T(0);
+        }
       }
+    }
+    // The column totals: with P == 1 a column is a slot, straight into the row tile's partial
+    // sums; else into total, whose P columns per slot slot_sums adds.
+    std::vector<T> total(P > 1 ? width : 0);
+    for (int j = 0; j < N; ++j) {
+      T* to = P == 1 ? job.partial + (rt * N + j) * C + c.c0 : total.data() + j * ncols;
+      for (int64_t i = 0; i < ncols; ++i) to[i] = sum[j * ncols + i] + comp[j * ncols + i];
+    }
+    if (P > 1) slot_sums(c, rt, total.data());
+  }
+
+  // Each slot's P column totals, in column order, into the row tile's partial sums: the slots
+  // side by side (a loop over them vectorizes; one slot's P columns would be a serial chain).
+  void slot_sums(const Cols& c, int64_t rt, const T* total) const {
+    const int64_t P = job.slots.P, C = job.slots.C, ncols = (c.c1 - c.c0) * P;
+    std::vector<T> sum(c.c1 - c.c0), comp(c.c1 - c.c0);
+    for (int j = 0; j < N; ++j) {
+      std::fill(sum.begin(), sum.end(), T(0));
+      std::fill(comp.begin(), comp.end(), T(0));
+      for (int64_t q = 0; q < P; ++q)
+        for (int64_t s = 0; s < c.c1 - c.c0; ++s)
+          kahan_add(sum[s], comp[s], total[j * ncols + s * P + q]);
+      for (int64_t s = 0; s < c.c1 - c.c0; ++s)
+        job.partial[(rt * N + j) * C + c.c0 + s] = sum[s] + comp[s];
     }
   }
 };

@@ -403,11 +403,12 @@ struct Tile {
     std::vector<T> expanded;
     int64_t kstride;
     const T* k = coefs_of_columns(c, &expanded, &kstride);
-    // A block of columns at a time over all the tile's rows: its coefficients stay in cache.
-    for (int64_t q = 0; q < ncols; q += kBlock) {
-      const int64_t len = std::min(kBlock, ncols - q);
-      for (int64_t row = c.r0; row < c.r1; ++row)
-        forward_block(row * tl.W + c.c0 * job.slots.P + q, len, k + q, kstride);
+    // Row by row, in memory order (the coefficients, N * ncols, stay in cache; a block of columns
+    // walked down the rows would stride through memory, which the prefetchers follow worse).
+    for (int64_t row = c.r0; row < c.r1; ++row) {
+      for (int64_t q = 0; q < ncols; q += kBlock)
+        forward_block(row * tl.W + c.c0 * job.slots.P + q, std::min(kBlock, ncols - q), k + q,
+                      kstride);
     }
   }
 

@@ -164,13 +164,13 @@ def test_cpu_scalar_coefficient_with_x_elsewhere(coef_op, device):
     ids=["transposed", "step3", "offset", "expanded"],
 )
 def test_non_contiguous(op, fn, device, make_view):
-    base = randn(9, 20, device=device, requires_grad=True)
+    base = randn(9, 20, device=device, requires_grad=True, seed=21)
     cs = coefs(op, torch.float32, device)
     view = make_view(base)
     x_contig = view.detach().contiguous().requires_grad_()
     y_view, y_contig = fn(view, *cs), fn(x_contig, *cs)
     torch.testing.assert_close(y_view, y_contig, rtol=0, atol=0)
-    g = randn(*view.shape, device=device)
+    g = randn(*view.shape, device=device, seed=22)
     gv = torch.autograd.grad(y_view, [base, *cs], g)
     gc = torch.autograd.grad(y_contig, [x_contig, *cs], g)
     expected_base = torch.zeros_like(base)
@@ -178,8 +178,9 @@ def test_non_contiguous(op, fn, device, make_view):
         make_view(expected_base.requires_grad_()), expected_base, gc[0]
     )[0]
     torch.testing.assert_close(gv[0], expected_base)
+    # The coefficient gradients are sums, taken in each x's memory order: rounding apart, equal.
     for a, b in zip(gv[1:], gc[1:], strict=True):
-        torch.testing.assert_close(a, b)
+        assert_close(a, b, torch.float32, scale=math.sqrt(view.numel()))
 
 
 LAYOUTS = {

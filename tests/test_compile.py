@@ -90,12 +90,7 @@ class EveryOp(torch.nn.Module):
         return self.relu(self.cubic(x)) + self.p3(self.affine(x))
 
 
-TORCHEXT_OPS = {
-    torch.ops.torchext.cubic.default,
-    torch.ops.torchext.affine_legendre_p3.default,
-    torch.ops.torchext.legendre_p3.default,
-    torch.ops.torchext.relu.default,
-}
+TORCHEXT_OPS = {getattr(torch.ops.torchext, name).default for name in torchext.functional.OPS}
 
 
 def test_export_every_op():

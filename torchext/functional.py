@@ -1,9 +1,9 @@
 """The differentiable torchext ops, made from one table (``OPS``): for each row the function
 (``torchext.cubic``), the ``torch.autograd.Function`` subclass with the same arguments
 (``torchext.CubicFunction``), the vmap rules of the operators in ``torch.ops.torchext``
-(csrc/ops.cpp, from the C++ table csrc/ops.h). ``torchext.nn``
-makes its modules from the same table. The operators' fake (Meta) kernels are in C++
-(csrc/meta.cpp), beside the real ones, so that a process that only loads the library has them.
+(csrc/ops.cpp, from the C++ table csrc/ops.h). ``torchext.nn`` makes its modules from the same
+table. The operators' fake (Meta) kernels are in C++ (csrc/meta.cpp), beside the real ones, so
+that a process that only loads the library has them.
 
 Two ways to the same kernels and the same gradients:
 
@@ -190,8 +190,8 @@ def _transformed_call(function_class, op: OpDef, args):
 
 def _eager_call(op: OpDef, args, inplace=False):
     """The op as its eager expression (in place: the result written into x), for the tracers that
-    take it instead of the operator: the legacy ONNX exporter, and torch.compile for the ops
-    marked compile_as_eager."""
+    take it instead of the operator: both ONNX exporters, decompositions(), and torch.compile for
+    the ops marked compile_as_eager."""
     from . import reference
 
     y = reference.EAGER[op.name](*args)
@@ -472,13 +472,8 @@ def decompositions() -> dict:
     such a model to ONNX directly. Not registered in torch._decomp's global table: Inductor and
     FakeTensor read that too."""
 
-    def decomposition(op: OpDef):
-        def decompose(x, *coefs):
-            return _eager_call(op, (x, *coefs))
-
-        return decompose
-
-    return {_operator(op): decomposition(op) for op in OPS.values()}
+    return {_operator(op): lambda x, *coefs, _op=op: _eager_call(_op, (x, *coefs))
+            for op in OPS.values()}
 
 
 # ---- the table's functions and classes, as this module's names -----------------------------------

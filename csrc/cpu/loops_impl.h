@@ -508,9 +508,8 @@ struct Tile {
     std::vector<T> expanded;
     int64_t kstride;
     const T* k = coefs_of_columns(c, &expanded, &kstride);
-    // kRowsAtOnce rows at a time, each row's columns in order: memory in order (a block of
-    // columns walked down the rows strides through it, which the hardware prefetchers follow
-    // worse). Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
+    // kRowsAtOnce rows at a time, each row's columns in order: memory in order, as the forward
+    // walks it. Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
     // (sum, comp), each [N][ncols].
     const int64_t rt = t / tl.col_tiles, C = job.slots.C, width = N * ncols;
     std::vector<T> sums(3 * width);

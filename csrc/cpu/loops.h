@@ -2,18 +2,20 @@
 // the tiles in parallel (loops_impl.h); the backward then adds each slot's partial sums in a fixed
 // order. The op's math comes in as its struct from math.h.
 //
-// Parallelism: at::parallel_for over tiles (OpenMP; setup.py compiles and links with -fopenmp,
-// without which parallel_for silently runs serially). Determinism: the tiles depend on the shapes
-// alone, each tile's sums are taken in a fixed order, and the tiles' partial sums are added in
-// index order, so the gradients are bitwise the same on every run and with any number of threads.
-// Accuracy: the terms are added 16 to a lane (a block of 256 elements), and blocks, rows and
-// tiles with compensated (Neumaier) sums: at least as accurate as torch.sum.
+// Parallelism: at::parallel_for over the elements, split as torch splits its own (run_forward
+// below), each thread running the tiles in its range (OpenMP; setup.py compiles and links with
+// -fopenmp, without which parallel_for silently runs serially). Determinism: the tiles depend on
+// the shapes alone, each tile's sums are taken in a fixed order, and the tiles' partial sums are
+// added in index order, so the gradients are bitwise the same on every run and with any number of
+// threads. Accuracy: the terms are added 16 to a lane (a block of 256 elements), and blocks, rows
+// and tiles with compensated (Neumaier) sums: at least as accurate as torch.sum.
 #pragma once
 
 // Every torch header first: nothing of torch's may be compiled under the AVX2 pragma below.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -37,10 +39,11 @@ namespace cpu {
 // (a lane-wise loop vectorizes without -ffast-math reassociation).
 constexpr int kLanes = 16;
 
-// Tiles: ~16K elements (a parallel task: big enough to amortize waking a thread, small enough to
-// split 2^20 elements over many cores); runs of 256 elements or more are tiled as runs.
+// Tiles: ~16K elements, runs cut into segments of 4K (the unit of a backward's partial sums, and
+// what a thread takes whole: a thread's tiles end within half a segment of where torch would end
+// its range); runs of 256 elements or more are tiled as runs.
 constexpr TileSizes kTileSizes{
-    /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 14,
+    /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
     /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14};
 
 // What a tile loop needs: the inputs, the output, the coefficients' values per slot, and where
@@ -98,18 +101,25 @@ using compute_t = std::conditional_t<kOnStoredType<Op>, scalar_t, at::opmath_typ
 #define TORCHEXT_ISA_CALL(FN, ...) base::FN(__VA_ARGS__)
 #endif
 
+// The threads split the elements as torch's elementwise ops do (at::parallel_for over them with
+// TensorIterator's grain: equal ranges, none below 32768 elements), each running the tiles whose
+// middle falls in its range. So a thread works, give or take half a tile, on the elements the
+// same thread wrote or read in the op before (torch's or ours), in its own core's cache. Shared
+// by tile count instead, a thread could start a tile's length into its neighbour's elements: an
+// in-place ReLU of 200704 elements after torch's mul then took twice torch.relu_'s time, reading
+// 14336 elements from the other core's cache (benchmarks/NOTES.md §14).
 template <class Op, typename scalar_t, typename T>
 void run_forward(const Job<scalar_t, T>& job) {
-  at::parallel_for(0, job.tiling.tiles, 1, [&](int64_t begin, int64_t end) {
-    TORCHEXT_ISA_CALL(forward_tiles<Op>, job, begin, end);
-  });
+  const int64_t numel = job.tiling.rows * job.tiling.W;
+  at::parallel_for(0, numel, at::internal::GRAIN_SIZE,
+                   [&](int64_t b, int64_t e) { TORCHEXT_ISA_CALL(forward_tiles<Op>, job, b, e); });
 }
 
 template <class Op, typename scalar_t, typename T>
 void run_backward(const Job<scalar_t, T>& job) {
-  at::parallel_for(0, job.tiling.tiles, 1, [&](int64_t begin, int64_t end) {
-    TORCHEXT_ISA_CALL(backward_tiles<Op>, job, begin, end);
-  });
+  const int64_t numel = job.tiling.rows * job.tiling.W;
+  at::parallel_for(0, numel, at::internal::GRAIN_SIZE,
+                   [&](int64_t b, int64_t e) { TORCHEXT_ISA_CALL(backward_tiles<Op>, job, b, e); });
 }
 
 // The coefficients' values per slot, in T: [N][C] (a one-element coefficient repeated).

@@ -107,13 +107,17 @@ bool dense_in(const at::Tensor& x, const DimList& order) {
   return true;
 }
 
-// x's non-1 dims, outermost first: by stride.
+// x's non-1 dims, outermost first: by stride, ties in dim order. (An insertion sort: a handful
+// of dims, and std::stable_sort's buffer was a malloc and a free on every call.)
 DimList by_stride(const at::Tensor& x) {
   DimList dims;
-  for (int d = 0; d < x.dim(); ++d)
-    if (x.sym_size(d) != 1) dims.push_back(d);
-  std::stable_sort(dims.begin(), dims.end(),
-                   [&](int a, int b) { return x.sym_stride(a) > x.sym_stride(b); });
+  for (int d = 0; d < x.dim(); ++d) {
+    if (x.sym_size(d) == 1) continue;
+    size_t i = dims.size();
+    dims.push_back(d);
+    for (; i > 0 && x.sym_stride(dims[i - 1]) < x.sym_stride(d); --i) dims[i] = dims[i - 1];
+    dims[i] = d;
+  }
   return dims;
 }
 

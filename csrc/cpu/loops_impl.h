@@ -212,9 +212,12 @@ static_assert(kBlock % kLanes == 0);
 constexpr int64_t kLaneBlock = 16 * kLanes;
 constexpr int64_t kFlush = 16 * kLaneBlock;
 // Column tiles: rows taken at once (their terms summed first), and rows added plainly before the
-// block's sums join the compensated ones (a multiple of kRowsAtOnce).
+// block's sums join the compensated ones (a multiple of kRowsAtOnce). Each join is a TwoSum for
+// every coefficient of every column; joined every 16 rows they cost a sixth of a channels-last
+// backward's instructions, every 32 half that, and the sums stay more accurate than torch.sum's
+// (test_coefficient_gradients_as_accurate_as_torch_sum; benchmarks/NOTES.md §15).
 constexpr int kRowsAtOnce = 4;
-constexpr int kRowsPerFlush = 16;
+constexpr int kRowsPerFlush = 32;
 static_assert(kRowsPerFlush % kRowsAtOnce == 0);
 
 // Compensated sums per lane, kept over a tile's run: the lane accumulators of each block of

@@ -413,7 +413,8 @@ struct Tile {
     }
   }
 
-  // In place on the stored type: x's elements read and overwritten through one pointer.
+  // In place on the stored type: x's elements read and overwritten through one pointer
+  // (forward_span's loops again: its two pointers are __restrict__, so they may not alias).
   static void forward_inplace(T* p, int64_t len, const T* k, int64_t kstride) {
     if (kstride == 0) {
       T kk[NC];
@@ -552,7 +553,8 @@ struct Tile {
 
   // Elements [b, e) of an op without coefficients (no sums), all in one slot.
   void backward_flat(int64_t b, int64_t e) const {
-    T k[NC];
+    static_assert(N == 0, "an op with coefficients keeps sums per tile");
+    T k[NC] = {};
     LaneSums<T, N> none;
     backward_run(b, e - b, k, none);
   }
@@ -641,7 +643,9 @@ void forward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
 template <class Op, typename scalar_t, typename T>
 void backward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   const Tile<Op, scalar_t, T> tile{job};
-  if (kNumCoefs<Op> == 0 && job.slots.C == 1) return tile.backward_flat(b, e);
+  if constexpr (kNumCoefs<Op> == 0) {
+    if (job.slots.C == 1) return tile.backward_flat(b, e);
+  }
   for (int64_t t = tile.first_tile_from(b), end = tile.first_tile_from(e); t < end; ++t)
     tile.backward(t);
 }

@@ -272,3 +272,19 @@ def test_cuda_without_a_gpu_is_an_argparse_error(capsys):
         parse(["--device", "cuda"])
     assert exit_.value.code == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_readme_quotes_the_committed_run():
+    """The README's Performance table is what benchmarks/readme_table.py makes of the committed
+    results.csv: a rerun that forgets the README fails here."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import readme_table
+    finally:
+        sys.path.pop(0)
+    want = readme_table.table(os.path.join(ROOT, "benchmarks", "results", "cpu", "results.csv"))
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read().splitlines()
+    start = readme.index(want[0])
+    assert readme[start:start + len(want)] == want
+    assert not readme[start + len(want)].startswith("|")  # no rows beyond the run's

@@ -44,6 +44,13 @@ DTYPES = list(TOLERANCES)
 SIZES = [1, 7, 33, 1000, 2000, 16385, 100_003]
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global random state, whatever ran before it (randn below
+    without a seed, modules' initial values): a failure reproduces when the test runs alone."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
@@ -76,6 +83,21 @@ def operator(op, backward=False):
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def dtype(request):
     return request.param
+
+
+class EveryOp(torch.nn.Module):
+    """Every op of the table, each as its module (one-element parameters where it has
+    coefficients) on the same x, summed: a model whose programs (exported, compiled, saved) must
+    hold every operator."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(
+            getattr(torchext.nn, op.cls)(**({"num_parameters": 1} if op.coefs else {}))
+            for op in OPS)
+
+    def forward(self, x):
+        return sum(layer(x) for layer in self.layers)
 
 
 def randn(*shape, dtype=torch.float32, device="cpu", requires_grad=False, seed=None):

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from conftest import CUDA_SKIP
+from conftest import CUDA_SKIP, EveryOp
 
 import torchext
 
@@ -76,18 +76,6 @@ def test_compile_trains_tutorial_models_like_eager():
 
 
 # ---- torch.export --------------------------------------------------------------------------------
-
-
-class EveryOp(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.cubic = torchext.nn.Cubic(a=0.5, b=-1.0, c=0.25, d=0.125)
-        self.affine = torchext.nn.AffineLegendreP3()
-        self.p3 = torchext.nn.LegendreP3()
-        self.relu = torchext.nn.ReLU()
-
-    def forward(self, x):
-        return self.relu(self.cubic(x)) + self.p3(self.affine(x))
 
 
 TORCHEXT_OPS = {getattr(torch.ops.torchext, name).default for name in torchext.functional.OPS}

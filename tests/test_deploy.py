@@ -11,26 +11,13 @@ import textwrap
 
 import pytest
 import torch
-from conftest import OPS
+from conftest import EveryOp
 
 import torchext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.slow
-
-
-class EveryOp(torch.nn.Module):
-    """Each op of the table: as a module (per-channel parameters where it has coefficients)."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.ModuleList(
-            getattr(torchext.nn, op.cls)(**({"num_parameters": 1} if op.coefs else {}))
-            for op in OPS)
-
-    def forward(self, x):
-        return sum(layer(x) for layer in self.layers)
 
 
 def _without_torchext(code: str, *args) -> str:

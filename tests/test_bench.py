@@ -277,12 +277,15 @@ def test_cuda_without_a_gpu_is_an_argparse_error(capsys):
 def test_readme_quotes_the_committed_run():
     """The README's Performance table is what benchmarks/readme_table.py makes of the committed
     results.csv: a rerun that forgets the README fails here."""
+    results = os.path.join(ROOT, "benchmarks", "results", "cpu", "results.csv")
+    if not os.path.exists(results):
+        pytest.skip("needs the repository's benchmarks/ (the sdist carries no results)")
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         import readme_table
     finally:
         sys.path.pop(0)
-    want = readme_table.table(os.path.join(ROOT, "benchmarks", "results", "cpu", "results.csv"))
+    want = readme_table.table(results)
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read().splitlines()
     start = readme.index(want[0])

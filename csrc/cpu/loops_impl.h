@@ -576,7 +576,10 @@ struct Tile {
     backward_run(b, e - b, k, none);
   }
 
-  void backward(int64_t t) const {
+  // scratch: the column tiles' sums, all zero between tiles (each tile leaves them so), kept by
+  // the caller from tile to tile: allocated and zeroed per tile, they were a measurable part of a
+  // channels-last backward (benchmarks/NOTES.md §16).
+  void backward(int64_t t, std::vector<T>& scratch) const {
     const Tiling& tl = job.tiling;
     if (tl.runs) {
       const Run r = run_of(t);
@@ -597,8 +600,8 @@ struct Tile {
     // walks it. Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
     // (sum, comp), each [N][ncols].
     const int64_t rt = t / tl.col_tiles, C = job.slots.C, width = N * ncols;
-    std::vector<T> sums(3 * width);
-    T* acc = sums.data();
+    if (scratch.size() < static_cast<size_t>(3 * width)) scratch.assign(3 * width, T(0));
+    T* acc = scratch.data();
     T* sum = acc + width;
     T* comp = sum + width;
     for (int64_t row = c.r0; row < c.r1;) {
@@ -620,11 +623,18 @@ struct Tile {
       }
     }
     // The column totals: with P == 1 a column is a slot, straight into the row tile's partial
-    // sums; else into total, whose P columns per slot slot_sums adds.
+    // sums; else into total, whose P columns per slot slot_sums adds. Read, the sums are zeroed
+    // for the next tile (acc is zero after the last join).
     std::vector<T> total(P > 1 ? width : 0);
     for (int j = 0; j < N; ++j) {
-      T* to = P == 1 ? job.partial + (rt * N + j) * C + c.c0 : total.data() + j * ncols;
-      for (int64_t i = 0; i < ncols; ++i) to[i] = sum[j * ncols + i] + comp[j * ncols + i];
+      T* __restrict__ to =
+          P == 1 ? job.partial + (rt * N + j) * C + c.c0 : total.data() + j * ncols;
+      T* __restrict__ s = sum + j * ncols;
+      T* __restrict__ k = comp + j * ncols;
+      for (int64_t i = 0; i < ncols; ++i) {
+        to[i] = s[i] + k[i];
+        s[i] = k[i] = T(0);
+      }
     }
     if (P > 1) slot_sums(c, rt, total.data());
   }
@@ -663,8 +673,9 @@ void backward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   if constexpr (kNumCoefs<Op> == 0) {
     if (job.slots.C == 1) return tile.backward_flat(b, e);
   }
+  std::vector<T> scratch;
   for (int64_t t = tile.first_tile_from(b), end = tile.first_tile_from(e); t < end; ++t)
-    tile.backward(t);
+    tile.backward(t, scratch);
 }
 
 }  // namespace TORCHEXT_ISA

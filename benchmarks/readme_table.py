@@ -9,7 +9,7 @@ them over the table there after a rerun, so the README quotes the committed run 
 import argparse
 import csv
 
-from torchext.bench import _fmt, _n_text
+from torchext.bench import fmt, n_text
 
 SIZES = (2000, 1 << 20, 1 << 24)
 HEAD = ("| op | n | torchext µs (IQR) | vs tutorial | vs eager | vs torch.compile "
@@ -34,8 +34,8 @@ def table(path: str, pass_: str = "fwdbwd", dtype: str = "float32") -> list[str]
             neg = float(idx["floor", "neg", n]["median_us"])
             mem = " / ".join(f"{float(idx[op, c, n]['peak_mem_mb']):.3g}"
                              for c in ("torchext", "eager"))
-            lines.append(f"| {op} | {_n_text(n)} | {_fmt(t)} ({_fmt(iqr)}){busy} | "
-                         f"{' | '.join(vs)} | {_fmt(neg)} | {float(mine['gbps']):.3g} | {mem} |")
+            lines.append(f"| {op} | {n_text(n)} | {fmt(t)} ({fmt(iqr)}){busy} | "
+                         f"{' | '.join(vs)} | {fmt(neg)} | {float(mine['gbps']):.3g} | {mem} |")
     return lines
 
 

@@ -470,7 +470,7 @@ def _write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
 
 
-def _fmt(value: float) -> str:
+def fmt(value: float) -> str:
     """Three significant digits without exponents: 0.123, 1.23, 12.3, 123, 12345."""
     return f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}" if value else "0"
 
@@ -494,8 +494,8 @@ def _speed_table(cfg, idx, op, pass_, dtype) -> list[str]:
     for n in cfg.sizes:
         t = {c: idx[op, c, pass_, dtype, n]["median_us"] for c in CONTENDERS}
         mine, neg = idx[op, "torchext", pass_, dtype, n], idx["floor", "neg", pass_, dtype, n]
-        cells = [str(n), *(_fmt(t[c]) for c in CONTENDERS), _fmt(neg["median_us"]),
-                 _fmt(mine["gbps"]), f"{mine['copy_fraction']:.2f}",
+        cells = [str(n), *(fmt(t[c]) for c in CONTENDERS), fmt(neg["median_us"]),
+                 fmt(mine["gbps"]), f"{mine['copy_fraction']:.2f}",
                  *(f"{t[c] / t['torchext']:.2f}×" for c in CONTENDERS[1:]),
                  f"{neg['median_us'] / t['torchext']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -508,7 +508,7 @@ def _memory_table(cfg, idx, dtype) -> list[str]:
         for n in cfg.sizes:
             mb = [idx[op, c, "fwdbwd", dtype, n]["peak_mem_mb"] for c in CONTENDERS]
             mb.append(idx["floor", "neg", "fwdbwd", dtype, n]["peak_mem_mb"])
-            lines.append(f"| {op} | {n} | " + " | ".join(_fmt(m) for m in mb) + " |")
+            lines.append(f"| {op} | {n} | " + " | ".join(fmt(m) for m in mb) + " |")
     return lines
 
 
@@ -522,10 +522,10 @@ def _channel_table(cfg, cidx, pass_, dtype) -> list[str]:
             us = {c: r["median_us"] for c, r in t.items()}
             mine = t["torchext"]
             lines.append("| " + " | ".join([
-                op, case, str(coef_shape), _fmt(us["torchext"]), _fmt(us["torchext-1"]),
-                f"{us['torchext'] / us['torchext-1']:.2f}", _fmt(us["eager"]), _fmt(us["compile"]),
+                op, case, str(coef_shape), fmt(us["torchext"]), fmt(us["torchext-1"]),
+                f"{us['torchext'] / us['torchext-1']:.2f}", fmt(us["eager"]), fmt(us["compile"]),
                 f"{us['eager'] / us['torchext']:.2f}×", f"{us['compile'] / us['torchext']:.2f}×",
-                _fmt(mine["gbps"]), f"{mine['copy_fraction']:.2f}"]) + " |")
+                fmt(mine["gbps"]), f"{mine['copy_fraction']:.2f}"]) + " |")
     return lines
 
 
@@ -563,7 +563,8 @@ MEMORY_GOAL = (2**24, 0.5)  # at this n, peak memory at most this fraction of ea
 BANDWIDTH_GOALS = {"fwd": 0.8, "bwd": 0.7}  # fraction of the copy's GB/s (GPU)
 
 
-def _n_text(n: int) -> str:
+def n_text(n: int) -> str:
+    """A size as the tables write it: 2^k for powers of two from 1024 on, else the number."""
     return f"2^{n.bit_length() - 1}" if n >= 1024 and n & (n - 1) == 0 else str(n)
 
 
@@ -594,7 +595,7 @@ def _speedup_goals(idx) -> list[list[str]]:
         neg = _cell(idx, "floor", "neg", n)
         if mine and theirs and neg:
             us = theirs["median_us"]
-            text = f"{op}, n = {_n_text(n)}: ≥ {times:g}× {versus}"
+            text = f"{op}, n = {n_text(n)}: ≥ {times:g}× {versus}"
             rows.append(_goal(text, us / mine["median_us"], us / neg["median_us"], times, "×"))
     return rows
 
@@ -607,7 +608,7 @@ def _neg_goals(cfg, idx) -> list[list[str]]:
                   for n in cfg.sizes if _cell(idx, op, "torchext", n)]
         if ratios:
             worst, n = max(ratios)
-            text = f"{op}, every size: ≤ {NEG_GOAL:g}× torch.neg (worst: n = {_n_text(n)})"
+            text = f"{op}, every size: ≤ {NEG_GOAL:g}× torch.neg (worst: n = {n_text(n)})"
             rows.append(_goal(text, worst, None, NEG_GOAL, "×", higher_is_better=False))
     return rows
 
@@ -619,7 +620,7 @@ def _memory_goals(cfg, idx) -> list[list[str]]:
         neg = _cell(idx, "floor", "neg", n)
         if mine and eager and neg:
             mine_, neg_ = (r["peak_mem_mb"] / eager["peak_mem_mb"] for r in (mine, neg))
-            text = f"{op}, n = {_n_text(n)}: peak memory ≤ {fraction:g} of eager's"
+            text = f"{op}, n = {n_text(n)}: peak memory ≤ {fraction:g} of eager's"
             rows.append(_goal(text, mine_, neg_, fraction, "", higher_is_better=False))
     return rows
 
@@ -630,7 +631,7 @@ def _bandwidth_goals(cfg, idx) -> list[list[str]]:
         for op in cfg.ops:
             mine = _cell(idx, op, "torchext", n, pass_)
             if mine:
-                text = f"{op} {PASS_TITLES[pass_]}, n = {_n_text(n)}: ≥ {fraction:.0%} of copy"
+                text = f"{op} {PASS_TITLES[pass_]}, n = {n_text(n)}: ≥ {fraction:.0%} of copy"
                 rows.append(_goal(text, mine["copy_fraction"], None, fraction, "%"))
     return rows
 

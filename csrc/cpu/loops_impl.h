@@ -600,7 +600,7 @@ struct Tile {
     // walks it. Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
     // (sum, comp), each [N][ncols].
     const int64_t rt = t / tl.col_tiles, C = job.slots.C, width = N * ncols;
-    if (scratch.size() < static_cast<size_t>(3 * width)) scratch.assign(3 * width, T(0));
+    if (scratch.size() < static_cast<size_t>(3 * width)) scratch.resize(3 * width);  // zeros
     T* acc = scratch.data();
     T* sum = acc + width;
     T* comp = sum + width;

@@ -630,10 +630,10 @@ struct Tile {
       T* __restrict__ to =
           P == 1 ? job.partial + (rt * N + j) * C + c.c0 : total.data() + j * ncols;
       T* __restrict__ s = sum + j * ncols;
-      T* __restrict__ k = comp + j * ncols;
+      T* __restrict__ cs = comp + j * ncols;
       for (int64_t i = 0; i < ncols; ++i) {
-        to[i] = s[i] + k[i];
-        s[i] = k[i] = T(0);
+        to[i] = s[i] + cs[i];
+        s[i] = cs[i] = T(0);
       }
     }
     if (P > 1) slot_sums(c, rt, total.data());

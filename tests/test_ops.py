@@ -70,6 +70,9 @@ COEF_CASES = {
     "per channel [N, C, H, W]": ((2, 6, 5, 3), [(6, 1, 1)], None),
     "per channel channels_last": ((2, 6, 5, 3), [(6, 1, 1)], "channels_last"),
     "per group [B, L, G, C/G]": ((2, 3, 4, 5), [(4, 1)], None),
+    # Rows of 12800 columns: four column tiles on the CPU (at most 4096 columns each), two or
+    # more to a thread, which must not reuse one tile's coefficients per column for the next.
+    "per group, wide rows": ((3, 128, 100), [(128, 1)], None),
     "mixed": ((3, 5, 8), [(8,), (), (1, 8), (1, 1, 1)], None),
     "long runs": ((2, 3, 1100), [(3, 1)], None),  # run tiles on the CPU and on CUDA
     "many short rows": ((700, 3), [(3,)], None),

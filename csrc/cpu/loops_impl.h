@@ -367,20 +367,26 @@ struct Tile {
   }
 
   // The coefficients of the columns of slots [c0, c1): coefficient j of column q at
-  // k[j * kstride + q]. With P == 1 they are the table's own; else expanded into *expanded.
-  const T* coefs_of_columns(const Cols& c, std::vector<T>* expanded, int64_t* kstride) const {
+  // k[j * kstride + q]. With P == 1 they are the table's own; else expanded into ws, once for
+  // the thread's consecutive tiles of the same columns (with one column tile, once a call):
+  // expanded per tile, a grouped forward cost twice a per-channel one (benchmarks/NOTES.md §17).
+  const T* coefs_of_columns(const Cols& c, Workspace<T>& ws, int64_t* kstride) const {
     const int64_t P = job.slots.P, C = job.slots.C;
     if (P == 1) {
       *kstride = C;
       return job.table + c.c0;
     }
     const int64_t ncols = (c.c1 - c.c0) * P;
-    expanded->resize(N * ncols);
-    for (int j = 0; j < N; ++j)
-      for (int64_t q = 0; q < ncols; ++q)
-        (*expanded)[j * ncols + q] = job.table[j * C + c.c0 + q / P];
     *kstride = ncols;
-    return expanded->data();
+    if (ws.expanded_from != c.c0 || ws.expanded.size() != static_cast<size_t>(N * ncols)) {
+      ws.expanded.resize(N * ncols);
+      for (int j = 0; j < N; ++j) {
+        T* to = ws.expanded.data() + j * ncols;
+        for (int64_t s = c.c0; s < c.c1; ++s, to += P) std::fill(to, to + P, job.table[j * C + s]);
+      }
+      ws.expanded_from = c.c0;
+    }
+    return ws.expanded.data();
   }
 
   // ---- forward ----
@@ -448,7 +454,7 @@ struct Tile {
     forward_run(b, e - b, k);
   }
 
-  void forward(int64_t t) const {
+  void forward(int64_t t, Workspace<T>& ws) const {
     const Tiling& tl = job.tiling;
     if (tl.runs) {
       const Run r = run_of(t);
@@ -459,9 +465,8 @@ struct Tile {
     }
     const Cols c = cols_of(t);
     const int64_t ncols = (c.c1 - c.c0) * job.slots.P;
-    std::vector<T> expanded;
     int64_t kstride;
-    const T* k = coefs_of_columns(c, &expanded, &kstride);
+    const T* k = coefs_of_columns(c, ws, &kstride);
     // Row by row, in memory order (the coefficients, N * ncols, stay in cache; a block of columns
     // walked down the rows would stride through memory, which the prefetchers follow worse).
     for (int64_t row = c.r0; row < c.r1; ++row) {
@@ -576,10 +581,10 @@ struct Tile {
     backward_run(b, e - b, k, none);
   }
 
-  // scratch: the column tiles' sums, all zero between tiles (each tile leaves them so), kept by
+  // ws.sums: the column tiles' sums, all zero between tiles (each tile leaves them so), kept by
   // the caller from tile to tile: allocated and zeroed per tile, they were a measurable part of a
   // channels-last backward (benchmarks/NOTES.md §16).
-  void backward(int64_t t, std::vector<T>& scratch) const {
+  void backward(int64_t t, Workspace<T>& ws) const {
     const Tiling& tl = job.tiling;
     if (tl.runs) {
       const Run r = run_of(t);
@@ -593,13 +598,13 @@ struct Tile {
     }
     const Cols c = cols_of(t);
     const int64_t P = job.slots.P, ncols = (c.c1 - c.c0) * P;
-    std::vector<T> expanded;
     int64_t kstride;
-    const T* k = coefs_of_columns(c, &expanded, &kstride);
+    const T* k = coefs_of_columns(c, ws, &kstride);
     // kRowsAtOnce rows at a time, each row's columns in order: memory in order, as the forward
     // walks it. Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
     // (sum, comp), each [N][ncols].
     const int64_t rt = t / tl.col_tiles, C = job.slots.C, width = N * ncols;
+    std::vector<T>& scratch = ws.sums;
     if (scratch.size() < static_cast<size_t>(3 * width)) scratch.resize(3 * width);  // zeros
     T* acc = scratch.data();
     T* sum = acc + width;
@@ -625,10 +630,10 @@ struct Tile {
     // The column totals: with P == 1 a column is a slot, straight into the row tile's partial
     // sums; else into total, whose P columns per slot slot_sums adds. Read, the sums are zeroed
     // for the next tile (acc is zero after the last join).
-    std::vector<T> total(P > 1 ? width : 0);
+    if (P > 1) ws.total.resize(width);
     for (int j = 0; j < N; ++j) {
       T* __restrict__ to =
-          P == 1 ? job.partial + (rt * N + j) * C + c.c0 : total.data() + j * ncols;
+          P == 1 ? job.partial + (rt * N + j) * C + c.c0 : ws.total.data() + j * ncols;
       T* __restrict__ s = sum + j * ncols;
       T* __restrict__ cs = comp + j * ncols;
       for (int64_t i = 0; i < ncols; ++i) {
@@ -636,17 +641,19 @@ struct Tile {
         s[i] = cs[i] = T(0);
       }
     }
-    if (P > 1) slot_sums(c, rt, total.data());
+    if (P > 1) slot_sums(c, rt, ws);
   }
 
   // Each slot's P column totals, in column order, into the row tile's partial sums: the slots
   // side by side (a loop over them vectorizes; one slot's P columns would be a serial chain).
-  void slot_sums(const Cols& c, int64_t rt, const T* total) const {
+  void slot_sums(const Cols& c, int64_t rt, Workspace<T>& ws) const {
     const int64_t P = job.slots.P, C = job.slots.C, ncols = (c.c1 - c.c0) * P;
-    std::vector<T> sum(c.c1 - c.c0), comp(c.c1 - c.c0);
+    const T* total = ws.total.data();
+    std::vector<T>& sum = ws.slot_sum;
+    std::vector<T>& comp = ws.slot_comp;
     for (int j = 0; j < N; ++j) {
-      std::fill(sum.begin(), sum.end(), T(0));
-      std::fill(comp.begin(), comp.end(), T(0));
+      sum.assign(c.c1 - c.c0, T(0));
+      comp.assign(c.c1 - c.c0, T(0));
       for (int64_t q = 0; q < P; ++q)
         for (int64_t s = 0; s < c.c1 - c.c0; ++s)
           kahan_add(sum[s], comp[s], total[j * ncols + s * P + q]);
@@ -662,8 +669,9 @@ template <class Op, typename scalar_t, typename T>
 void forward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   const Tile<Op, scalar_t, T> tile{job};
   if (job.slots.C == 1) return tile.forward_flat(b, e);
+  Workspace<T> ws;
   for (int64_t t = tile.first_tile_from(b), end = tile.first_tile_from(e); t < end; ++t)
-    tile.forward(t);
+    tile.forward(t, ws);
 }
 
 // The same for a backward; an op without coefficients keeps no sums either.
@@ -673,9 +681,9 @@ void backward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   if constexpr (kNumCoefs<Op> == 0) {
     if (job.slots.C == 1) return tile.backward_flat(b, e);
   }
-  std::vector<T> scratch;
+  Workspace<T> ws;
   for (int64_t t = tile.first_tile_from(b), end = tile.first_tile_from(e); t < end; ++t)
-    tile.backward(t, scratch);
+    tile.backward(t, ws);
 }
 
 }  // namespace TORCHEXT_ISA

@@ -25,6 +25,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -159,27 +160,16 @@ void kahan_add(T& sum, T& comp, T v) {
 }
 
 // Each slot's sum over the tiles' partial sums, in tile order (slots in parallel: each slot's
-// order is fixed); then each coefficient's gradient: its slots' sums, or (one-element) their sum.
+// order is fixed; the adds in the ISA's loops: compiled for the baseline they were a tenth of a
+// channels-last backward's instructions, benchmarks/NOTES.md §17); then each coefficient's
+// gradient: its slots' sums, or (one-element) their sum.
 template <typename T>
-void finish_sums(Call& call, const Tiling& tl, const std::vector<T>& partial) {
+void finish_sums(Call& call, const Tiling& tl, const T* partial) {
   const int N = call.ncoefs;
   const int64_t C = call.slots.C;
   std::vector<T> sum(N * C), comp(N * C);
   at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
-    for (int64_t rt = 0; rt < tl.row_tiles; ++rt) {
-      for (int j = 0; j < N; ++j) {
-        T* __restrict__ s = sum.data() + j * C;
-        T* __restrict__ k = comp.data() + j * C;
-        if (tl.runs) {
-          for (int64_t c = c0; c < c1; ++c)
-            for (int64_t seg = 0; seg < tl.segs; ++seg)
-              kahan_add(s[c], k[c], partial[((rt * C + c) * tl.segs + seg) * N + j]);
-        } else {  // the slots side by side: a loop that vectorizes
-          const T* __restrict__ p = partial.data() + (rt * N + j) * C;
-          for (int64_t c = c0; c < c1; ++c) kahan_add(s[c], k[c], p[c]);
-        }
-      }
-    }
+    TORCHEXT_ISA_CALL(sum_partials<T>, tl, N, C, partial, c0, c1, sum.data(), comp.data());
   });
   for (int j = 0; j < N; ++j) {
     at::Tensor& out = call.kernel_grads[j];
@@ -243,13 +233,13 @@ struct Kernels {
         using T = compute_t<Op, scalar_t>;
         const std::vector<T> table = coef_table<T>(call);
         const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
-        std::vector<T> partial(N > 0 ? tiling.partials * N : 0);
-        const Job<scalar_t, T> job{
-            call.x,         call.g,     call.out.mutable_data_ptr<scalar_t>(),
-            table.data(),   call.slots, tiling,
-            partial.data(), false};
+        // Every tile writes all of its partial sums: no zeroing needed.
+        const std::unique_ptr<T[]> partial(new T[N > 0 ? tiling.partials * N : 0]);
+        const Job<scalar_t, T> job{call.x,        call.g,     call.out.mutable_data_ptr<scalar_t>(),
+                                   table.data(),  call.slots, tiling,
+                                   partial.get(), false};
         run_backward<Op>(job);
-        if constexpr (N > 0) finish_sums(call, tiling, partial);
+        if constexpr (N > 0) finish_sums(call, tiling, partial.get());
       });
       finish_backward(call);
     }

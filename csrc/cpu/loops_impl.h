@@ -663,6 +663,27 @@ struct Tile {
   }
 };
 
+// Slots [c0, c1) of every coefficient: the tiles' partial sums (layout.h's order) added, row
+// tile by row tile, into the compensated sums sum and comp ([N][C], zero at first).
+template <typename T>
+void sum_partials(const Tiling& tl, int N, int64_t C, const T* partial, int64_t c0, int64_t c1,
+                  T* sum, T* comp) {
+  for (int64_t rt = 0; rt < tl.row_tiles; ++rt) {
+    for (int j = 0; j < N; ++j) {
+      T* __restrict__ s = sum + j * C;
+      T* __restrict__ k = comp + j * C;
+      if (tl.runs) {
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t seg = 0; seg < tl.segs; ++seg)
+            kahan_add(s[c], k[c], partial[((rt * C + c) * tl.segs + seg) * N + j]);
+      } else {  // the slots side by side: a loop that vectorizes
+        const T* __restrict__ p = partial + (rt * N + j) * C;
+        for (int64_t c = c0; c < c1; ++c) kahan_add(s[c], k[c], p[c]);
+      }
+    }
+  }
+}
+
 // A thread's share of elements [b, e) (cpu/loops.h): the tiles whose middle element lies there;
 // in one slot, where a forward keeps no sums, exactly those elements.
 template <class Op, typename scalar_t, typename T>

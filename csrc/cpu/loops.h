@@ -62,11 +62,10 @@ struct Job {
 
 // What a thread's column tiles keep from tile to tile (loops_impl.h), so that a tile allocates
 // nothing: the sums of a backward (all zero between tiles), and for slots of P > 1 columns the
-// coefficients per column (for the slots from expanded_from on), the column totals and the
-// slots' sums.
+// coefficients per column (for the slots from expanded_from on) and the slots' sums.
 template <typename T>
 struct Workspace {
-  std::vector<T> sums, expanded, total, slot_sum, slot_comp;
+  std::vector<T> sums, expanded, slot_sum, slot_comp;
   int64_t expanded_from = -1;
 };
 

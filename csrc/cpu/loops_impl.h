@@ -628,12 +628,15 @@ struct Tile {
       }
     }
     // The column totals: with P == 1 a column is a slot, straight into the row tile's partial
-    // sums; else into total, whose P columns per slot slot_sums adds. Read, the sums are zeroed
-    // for the next tile (acc is zero after the last join).
-    if (P > 1) ws.total.resize(width);
+    // sums; else slot_sums adds each slot's P columns. Read, the sums are zeroed for the next
+    // tile (acc is zero after the last join).
+    if (P > 1) {
+      slot_sums(c, rt, sum, comp, ws);
+      std::fill(sum, sum + 2 * width, T(0));  // sum and comp
+      return;
+    }
     for (int j = 0; j < N; ++j) {
-      T* __restrict__ to =
-          P == 1 ? job.partial + (rt * N + j) * C + c.c0 : ws.total.data() + j * ncols;
+      T* __restrict__ to = job.partial + (rt * N + j) * C + c.c0;
       T* __restrict__ s = sum + j * ncols;
       T* __restrict__ cs = comp + j * ncols;
       for (int64_t i = 0; i < ncols; ++i) {
@@ -641,24 +644,23 @@ struct Tile {
         s[i] = cs[i] = T(0);
       }
     }
-    if (P > 1) slot_sums(c, rt, ws);
   }
 
-  // Each slot's P column totals, in column order, into the row tile's partial sums: the slots
-  // side by side (a loop over them vectorizes; one slot's P columns would be a serial chain).
-  void slot_sums(const Cols& c, int64_t rt, Workspace<T>& ws) const {
+  // Each slot's P column totals (sum + comp, [N][ncols]), in column order, into the row tile's
+  // partial sums: the slots side by side (a loop over them vectorizes; one slot's P columns
+  // would be a serial chain).
+  void slot_sums(const Cols& c, int64_t rt, const T* sum, const T* comp, Workspace<T>& ws) const {
     const int64_t P = job.slots.P, C = job.slots.C, ncols = (c.c1 - c.c0) * P;
-    const T* total = ws.total.data();
-    std::vector<T>& sum = ws.slot_sum;
-    std::vector<T>& comp = ws.slot_comp;
+    std::vector<T>& ssum = ws.slot_sum;
+    std::vector<T>& scomp = ws.slot_comp;
     for (int j = 0; j < N; ++j) {
-      sum.assign(c.c1 - c.c0, T(0));
-      comp.assign(c.c1 - c.c0, T(0));
+      ssum.assign(c.c1 - c.c0, T(0));
+      scomp.assign(c.c1 - c.c0, T(0));
       for (int64_t q = 0; q < P; ++q)
         for (int64_t s = 0; s < c.c1 - c.c0; ++s)
-          kahan_add(sum[s], comp[s], total[j * ncols + s * P + q]);
+          kahan_add(ssum[s], scomp[s], sum[j * ncols + s * P + q] + comp[j * ncols + s * P + q]);
       for (int64_t s = 0; s < c.c1 - c.c0; ++s)
-        job.partial[(rt * N + j) * C + c.c0 + s] = sum[s] + comp[s];
+        job.partial[(rt * N + j) * C + c.c0 + s] = ssum[s] + scomp[s];
     }
   }
 };

@@ -78,6 +78,7 @@ BAD_COEF = {
     "complex Python coefficient": (lambda: 1 + 2j, TypeError, True),
     "bool Python coefficient": (lambda: True, TypeError, False),
     "Decimal coefficient": (lambda: __import__("decimal").Decimal("0.5"), TypeError, False),
+    "int beyond float64": (lambda: 10**400, OverflowError, True),
 }
 
 

@@ -50,6 +50,18 @@ def test_modules_dtype_device_and_meta():
     assert meta(torch.empty(3, device="meta")).shape == (3,)
 
 
+def test_given_numbers_are_taken_in_the_modules_dtype():
+    """A number given as a value becomes the module's dtype from float64: 0.1 with
+    dtype=torch.float64 is float64's 0.1 (not float32's 0.1000000015); an int beyond int64's range
+    (which torch.as_tensor refuses) is the float it is; beyond float64's, an error naming it."""
+    for cls in (torchext.nn.Cubic, torchext.nn.AffineLegendreP3):
+        m = cls(a=0.1, b=10**40, dtype=torch.float64)
+        assert (m.a.item(), m.b.item()) == (0.1, 1e40)
+        assert cls(a=0.1).a.item() == torch.tensor(0.1).item()  # float32 by default
+        with pytest.raises(OverflowError, match=f"torchext.nn.{cls.__name__}: .*'b'"):
+            cls(b=10**400)
+
+
 def test_legendre_p3_and_relu_modules():
     x = randn(40)
     torch.testing.assert_close(torchext.nn.LegendreP3()(x), reference.legendre_p3(x))

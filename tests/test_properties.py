@@ -450,3 +450,15 @@ def test_python_coefficient_beyond_float32_range():
             y = getattr(torchext, op)(x, 0.0, 1e300, 0.0, 1.0)
             expected = EAGER[op](x.double(), 0.0, torch.tensor(1e300).float().double(), 0.0, 1.0)
             torch.testing.assert_close(y.double(), expected.to(dtype).double(), equal_nan=True)
+
+
+def test_python_int_coefficient_beyond_int64_range():
+    """An int coefficient beyond int64's range is the real number it is (eager torch refuses to
+    unpack it: "Overflow when unpacking long"), as its float would be: 1e40 in float64, inf in
+    float32's op-math."""
+    for dtype, expected in ((torch.float64, 1e40), (torch.float32, math.inf)):
+        x = torch.tensor([1.0, -2.0], dtype=dtype)
+        for op in ("cubic", "affine_legendre_p3"):
+            y = getattr(torchext, op)(x, 0.0, 10**40, 0.0, 1.0)
+            assert torch.equal(y, getattr(torchext, op)(x, 0.0, float(10**40), 0.0, 1.0))
+        assert torchext.cubic(x, 10**40, 0.0, 0.0, 0.0).tolist() == [expected, expected]

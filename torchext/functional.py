@@ -102,8 +102,20 @@ def _coef(op: str, name: str, value, x):
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     try:
         return torch.full((), value, dtype=dtype, device=x.device)
-    except (RuntimeError, TypeError):  # beyond float32's range: inf, as the eager `value * x`
-        return torch.full((), float(value), dtype=torch.float64, device=x.device).to(dtype)
+    except (RuntimeError, TypeError, OverflowError):
+        # Beyond float32's range: inf, as the eager `value * x`; an int beyond int64's (which
+        # eager torch refuses to unpack) as the float it is.
+        return torch.full((), _real(op, name, value), dtype=torch.float64,
+                          device=x.device).to(dtype)
+
+
+def _real(where: str, name: str, value) -> float:
+    """A real number as a float: an int beyond float64's range is an error that names it."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise OverflowError(f"torchext.{where}: coefficient '{name}' is an int beyond float64's "
+                            f"range ({len(str(abs(value)))} digits)") from None
 
 
 def _coefs(op: OpDef, x, values):

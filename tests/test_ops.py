@@ -541,6 +541,45 @@ def test_per_sample_gradients(op, entry, device, no_slow_vmap):
         torch.testing.assert_close(g, torch.stack([w[i] for w in want]))
 
 
+@pytest.mark.parametrize("entry", ["function", "module"])
+def test_func_transforms_in_place(op, entry, device, no_slow_vmap):
+    """<name>(x, inplace=True) and the module with inplace=True under torch.func's transforms and
+    forward-mode AD give what the eager expression written into x (x.copy_(...), which is what
+    torch.relu_ is for relu) gives there, and write into x: a model with in-place ReLUs takes
+    grad, vmap and jvp as torch's own does."""
+    if not op.inplace:
+        pytest.skip(f"{op.name} has no in-place form")
+    if entry == "module":
+        fn = getattr(torchext.nn, op.cls)(inplace=True)
+    else:
+        def fn(x):
+            return function(op)(x, inplace=True)
+
+    def ours(x):
+        return fn(x * 1)
+
+    def want(x):
+        y = x * 1
+        return y.copy_(eager(op)(y))
+
+    x = func_inputs(op, device)[0]
+    t = torch.ones_like(x)
+    assert_trees_close(torch.func.grad(lambda v: (ours(v) ** 2).sum())(x),
+                       torch.func.grad(lambda v: (want(v) ** 2).sum())(x))
+    assert_trees_close(torch.func.vjp(ours, x)[1](t), torch.func.vjp(want, x)[1](t))
+    assert_trees_close(torch.func.jvp(ours, (x,), (t,)), torch.func.jvp(want, (x,), (t,)))
+    assert_trees_close(torch.func.jacfwd(ours)(x[0]), torch.func.jacfwd(want)(x[0]))
+    assert_trees_close(torch.vmap(torch.func.grad(lambda v: ours(v).sum()))(x),
+                       torch.vmap(torch.func.grad(lambda v: want(v).sum()))(x))
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, t)
+        got = torch.autograd.forward_ad.unpack_dual(ours(dual))
+    assert_trees_close((got.primal, got.tangent), torch.func.jvp(want, (x,), (t,)))
+    xs = x.clone()  # vmap writing into its own input
+    torch.testing.assert_close(torch.vmap(fn)(xs), eager(op)(x))
+    torch.testing.assert_close(xs, eager(op)(x))
+
+
 def test_operators_have_vmap_rules(op, device, no_slow_vmap):
     """torch.vmap over the operators themselves (as C++ callers and the second-order formulas
     reach them) takes their batching rules."""

@@ -190,13 +190,13 @@ _ONNX_EXPORT, _ONNX_DYNAMO_EXPORT = _onnx_export_flag(), _onnx_dynamo_export_fla
 
 def _transformed_call(function_class, op: OpDef, args):
     """A call under a torch.func transform or forward-mode AD: through the Function class. Under
-    torch.onnx.export (either exporter): the eager expression, which ONNX translates; in place,
-    the result copied into x (ONNX graphs are functional). Not a decomposition in torch._decomp's
+    torch.onnx.export (either exporter): the eager expression, which ONNX translates. Not a
+    decomposition in torch._decomp's
     table: that table is global, and Inductor (which refuses a fallback for an op listed there
     when the environment variable CI is set, as CI services set it) and FakeTensor (which runs a
     listed decomposition instead of the Meta kernel under symbolic shapes) read it too."""
     if _ONNX_EXPORT._in_onnx_export or _ONNX_DYNAMO_EXPORT._is_onnx_exporting:
-        return _eager_call(op, args, function_class.__name__.endswith("InplaceFunction"))
+        return _eager_call(op, args)
     return function_class.apply(*args)
 
 
@@ -235,11 +235,16 @@ def _make_function(op: OpDef, function_class):
                     "        if isinstance(x, _Proxy):",
                     f"            return _trace(_self, ({args},), {kwargs})",
                     f"        _check_x({op.name!r}, x)"]
-    if op.inplace:  # the in-place operator; under a transform, a Function that writes into x
+    # In place: the in-place operator. Under a transform, forward-mode AD or ONNX export, the
+    # out-of-place Function's result copied into x, as torch.relu_ there: copy_ is an op every
+    # transform knows (vmap, grad, jvp and forward-mode AD each see a write into x), refuses where
+    # torch's in-place ops refuse, and lets autograd differentiate through it.
+    if op.inplace:
         lines += ["    if inplace:",
                   "        if (_functorch_active() or _forward_ad._current_level >= 0"
                   " or _onnx._in_onnx_export or _onnx_dynamo._is_onnx_exporting):",
-                  "            return _transformed_call(_Inplace, _op, (x,))",
+                  "            _check_x(_op.name, x)",
+                  "            return x.copy_(_transformed_call(_Function, _op, (x,)))",
                   *["    " + line for line in not_a_tensor],
                   "        _inplace_operator(x)",
                   "        return x"]
@@ -260,7 +265,6 @@ def _make_function(op: OpDef, function_class):
                  "_dynamo_compiling": torch.compiler.is_dynamo_compiling,
                  "_exporting": torch.compiler.is_exporting, "_eager_call": _eager_call}
     if op.inplace:
-        namespace["_Inplace"] = _make_inplace_function(op)
         namespace["_inplace_operator"] = getattr(torch.ops.torchext, f"{op.name}_").default
     exec("\n".join(lines) + "\n", namespace)  # noqa: S102
     fn = namespace["_self"] = namespace[op.name]
@@ -441,29 +445,6 @@ def _make_function_class(op: OpDef):
     # AOTAutograd traces it (forward and backward) as it traces any op.
     torch._dynamo.allow_in_graph(cls)
     return cls
-
-
-def _make_inplace_function(op: OpDef):
-    """<name>(x, inplace=True) under a torch.func transform or forward-mode AD, where the in-place
-    operator's C++ autograd cannot run: the result written back into x (which autograd then knows
-    has changed)."""
-    forward_op, backward_op = _operator(op), _operator(op, backward=True)
-
-    def forward(ctx, x):
-        _check_x(op.name, x)
-        x.copy_(forward_op(x))
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(x)
-        return x
-
-    def backward(ctx, grad):
-        return backward_op(grad, *ctx.saved_tensors)
-
-    name = f"_{op.cls}InplaceFunction"
-    return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "backward": staticmethod(backward),
-        "__module__": __name__, "__qualname__": name,
-    })
 
 
 # ---- ONNX, from a saved program ------------------------------------------------------------------

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import CUDA_SKIP
 
 from torchext import bench
@@ -116,6 +117,19 @@ def test_without_matplotlib_it_fails_before_timing(monkeypatch, capsys, tmp_path
     assert capsys.readouterr().err == (
         "error: bench (its plots) needs matplotlib: pip install matplotlib (or torchext[bench])\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_is_an_error_not_a_traceback(monkeypatch, capsys, tmp_path):
+    """A size that does not fit (as a CPU allocator says it: RuntimeError "can't allocate
+    memory") ends the run with a message naming the options to change, exit status 1."""
+    def measure(*args):
+        torch.empty(2**62, dtype=torch.uint8)  # asks the allocator for 4 EiB: refused
+
+    monkeypatch.setattr(bench, "_measure", measure)
+    assert bench.run(parse(["--quick", "--out", str(tmp_path)])) == 1
+    err = capsys.readouterr().err
+    assert "error: python -m torchext bench: out of memory on cpu" in err, err
+    assert "--sizes" in err and "allocate" in err
 
 
 def test_contenders_take_turns():
@@ -247,6 +261,7 @@ BAD = [
     ["--sizes", "abc"],
     ["--sizes", "2^x"],
     ["--sizes", "0"],
+    ["--sizes", "2^99"],
     ["--ops", "cubic,sine"],
     ["--dtypes", "int32"],
     ["--passes", "sideways"],

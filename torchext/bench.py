@@ -112,7 +112,7 @@ COLUMNS = (
 def _size(text: str) -> int:
     base, _, exp = text.partition("^")
     n = int(base) ** int(exp) if exp else int(text)
-    if n < 1:
+    if not 1 <= n < 2**62:  # beyond, no tensor could hold it (torch's sizes are int64)
         raise ValueError(text)
     return n
 
@@ -122,7 +122,8 @@ def _sizes(text: str) -> list[int]:
         return [_size(s.strip()) for s in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid size list {text!r}: use positive integers or powers like 2^20, "
+            f"invalid size list {text!r}: use positive integers below 2^62 or powers like "
+            "2^20, "
             "separated by commas"
         ) from None
 
@@ -804,7 +805,15 @@ def run(args) -> int:
     cells = len(cfg.sizes) * len(cfg.ops) + len(cfg.channels) * len(_channel_ops(cfg))
     progress = _Progress(len(cfg.dtypes) * cells * len(cfg.passes))
     load = os.getloadavg()[0]
-    rows = _measure(cfg, meta, progress)
+    try:
+        rows = _measure(cfg, meta, progress)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
+            raise
+        progress.close()
+        print(f"error: python -m torchext bench: out of memory on {cfg.device}; measure smaller "
+              f"--sizes or --channels ({str(e).splitlines()[0]})", file=sys.stderr)
+        return 1
     progress.close()
     _write_csv(rows, cfg.out / "results.csv")
     _write_markdown(cfg, meta, rows, cfg.out / "results.md", (load, os.getloadavg()[0]))

@@ -1,5 +1,7 @@
 """torchext.nn: drop-ins for the tutorial's modules and torch.nn.ReLU."""
 
+import sys
+
 import pytest
 import torch
 from conftest import COEF_OPS, OPS, randn
@@ -60,6 +62,22 @@ def test_given_numbers_are_taken_in_the_modules_dtype():
         assert cls(a=0.1).a.item() == torch.tensor(0.1).item()  # float32 by default
         with pytest.raises(OverflowError, match=f"torchext.nn.{cls.__name__}: .*'b'"):
             cls(b=10**400)
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+def test_a_wrong_argument_names_the_module(op):
+    """An argument the module does not take is an error naming the module: Python's own, as
+    torch.nn.ReLU's ("ReLU.__init__() got an unexpected keyword argument ..."), not a private base
+    class's or a factory's local function's; the modules with coefficients name what they do
+    not know among their keyword values."""
+    cls = getattr(torchext.nn, op.cls)
+    name = rf"{op.cls}\.__init__\(\)" if sys.version_info >= (3, 11) else r"__init__\(\)"
+    unexpected = (rf"^torchext\.nn\.{op.cls}: unexpected arguments \['bogus'\]" if op.coefs
+                  else rf"^{name} got an unexpected keyword argument 'bogus'")
+    with pytest.raises(TypeError, match=unexpected):
+        cls(bogus=1)
+    with pytest.raises(TypeError, match=rf"^{name} takes from 1 to"):
+        cls(1, 1, 1, 1)
 
 
 def test_legendre_p3_and_relu_modules():

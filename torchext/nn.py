@@ -151,15 +151,27 @@ def _make_module(op: F.OpDef):
                 kwargs = {**dict(zip(op.coefs, op.init, strict=True)), **kwargs}
                 _WithCoefficients.__init__(self, num_parameters, dim, **kwargs)
         base = _WithCoefficients
-        body = {"__init__": __init__}
     else:
         doc = f"``y = {op.formula}``, fused (:func:`torchext.{op.name}`); no parameters."
         if op.inplace:
             doc += " ``inplace=True`` writes the result into the input, as torch.nn modules do."
-        base, body = _WithoutCoefficients, {}
-    body.update(_op=op, _function=staticmethod(function), __doc__=doc, __module__=__name__,
-                __qualname__=op.cls)
+
+        def __init__(self, inplace=False):
+            _WithoutCoefficients.__init__(self, inplace)
+        base = _WithoutCoefficients
+    body = {"__init__": _named(__init__, f"{op.cls}.__init__"), "_op": op,
+            "_function": staticmethod(function), "__doc__": doc, "__module__": __name__,
+            "__qualname__": op.cls}
     return type(op.cls, (base,), body)
+
+
+def _named(fn, qualname: str):
+    """fn under qualname, also in its code object, which Python's own argument errors quote
+    ("ReLU.__init__() got an unexpected keyword argument ...", as torch.nn.ReLU's say)."""
+    fn.__qualname__ = qualname
+    if hasattr(fn.__code__, "co_qualname"):  # Python 3.11 on
+        fn.__code__ = fn.__code__.replace(co_qualname=qualname)
+    return fn
 
 
 for _op in F.OPS.values():

@@ -269,8 +269,12 @@ def test_info_reports_and_passes():
     devices, _ = info.self_check_devices()
     for device in devices:
         for name in info.CHECKS:
-            assert re.search(rf"^  {name}\s+{device}\s+PASS", out, re.M), (name, device)
-    n = len(devices) * len(info.CHECKS)
+            passed = re.findall(rf"^  {name}\s+{device}\s+PASS", out, re.M)
+            assert len(passed) == len(info.check_cases(name)), (name, device)
+    for case in info.CHECK_CASES:  # one-element and per-channel coefficients, each tiling
+        assert re.search(rf"^  cubic\s+cpu\s+PASS  x {re.escape(str(case[0]))}\s+"
+                         rf"coefficients {re.escape(str(case[1]))} ", out, re.M), case
+    n = len(devices) * sum(len(info.check_cases(name)) for name in info.CHECKS)
     assert f"{n} of {n} checks passed" in out and "FAIL" not in out
 
 
@@ -286,21 +290,27 @@ def _raises(x):
     raise RuntimeError("torchext.relu: kernel exploded")
 
 
+def _wrong_per_channel(x, a, b, c, d):  # right with one-element coefficients only
+    return torchext.affine_legendre_p3(x, a.mean() if a.dim() else a, b, c, d)
+
+
 @pytest.mark.parametrize(
-    "op, function, reason",
+    "op, function, reason, failing",
     [
-        ("legendre_p3", _wrong_forward, r"forward off by 1\.0e-03"),
-        ("cubic", _wrong_backward, r"dx off by"),
-        ("relu", _raises, r"raised RuntimeError: torchext.relu: kernel exploded"),
+        ("legendre_p3", _wrong_forward, r"forward off by 1\.0e-03", 1),
+        ("cubic", _wrong_backward, r"dx off by", len(info.CHECK_CASES)),
+        ("relu", _raises, r"raised RuntimeError: torchext.relu: kernel exploded", 1),
+        ("affine_legendre_p3", _wrong_per_channel, r"forward off by",
+         len(info.CHECK_CASES) - 1),
     ],
 )
-def test_info_fails_when_a_kernel_is_broken(monkeypatch, op, function, reason):
+def test_info_fails_when_a_kernel_is_broken(monkeypatch, op, function, reason, failing):
     broken = info.Check(function, info.CHECKS[op].reference, info.CHECKS[op].coefficients)
     monkeypatch.setitem(info.CHECKS, op, broken)
     code, out, _ = run_in_process(info, [])
     assert code != 0
     fail = [line for line in out.splitlines() if re.match(rf"  {op}\s+cpu\s+FAIL", line)]
-    assert len(fail) == 1 and re.search(reason, fail[0]), out
+    assert len(fail) == failing and all(re.search(reason, line) for line in fail), out
     others = [name for name in info.CHECKS if name != op]
     assert all(re.search(rf"^  {name}\s+cpu\s+PASS", out, re.M) for name in others), out
     assert "FAILED" in out.splitlines()[-1]

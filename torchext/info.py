@@ -40,6 +40,12 @@ class Check:
 CHECKS = {name: Check(getattr(torchext, name), reference.EAGER[name], len(op.coefs))
           for name, op in OPS.items()}
 CHECK_SHAPE = (33, 65)  # odd sizes: vector tails
+# (x's shape, the coefficients' shape) an op with coefficients is checked with: one element, and
+# per channel the ways the kernels tile it: along x's last dim (column tiles of single columns),
+# along its first with short rows (column tiles of whole rows: as grouped coefficients), and
+# with rows long enough to be runs on the CPU and on CUDA (1024 elements and more).
+CHECK_CASES = ((CHECK_SHAPE, ()), (CHECK_SHAPE, (CHECK_SHAPE[1],)),
+               (CHECK_SHAPE, (CHECK_SHAPE[0], 1)), ((5, 1031), (5, 1)))
 CHECK_DTYPE = torch.float32
 # The largest error allowed, relative to max(|expected|, 1) per output: float32 against float64
 # is good to ~1e-6 here; a wrong kernel is off by O(1).
@@ -202,17 +208,25 @@ def _forward_backward(function, *inputs_and_grad):
     return y.detach(), torch.autograd.grad(y, inputs, grad)
 
 
-def check(name: str, device: torch.device, seed: int = 0) -> tuple[bool, str]:
-    """Runs op ``name`` of CHECKS forward and backward on ``device`` in CHECK_DTYPE and compares it
-    with its reference in float64; returns (passed, details)."""
+def check_cases(name: str) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """The (x shape, coefficient shape) cases op ``name`` is checked with."""
+    return CHECK_CASES if CHECKS[name].coefficients else ((CHECK_SHAPE, ()),)
+
+
+def check(name: str, device: torch.device, seed: int = 0, shape: tuple[int, ...] = CHECK_SHAPE,
+          coef_shape: tuple[int, ...] = ()) -> tuple[bool, str]:
+    """Runs op ``name`` of CHECKS forward and backward on ``device`` in CHECK_DTYPE, x of
+    ``shape`` and coefficients of ``coef_shape``, and compares it with its reference in float64;
+    returns (passed, details)."""
     entry = CHECKS[name]
     gen = torch.Generator().manual_seed(seed)
     # Drawn in float64, rounded to CHECK_DTYPE, and the reference computed in float64 on the
     # rounded values: the errors are the op's own.
     x, grad, *coefs = (t.to(CHECK_DTYPE) for t in (
-        torch.randn(CHECK_SHAPE, dtype=torch.float64, generator=gen),
-        torch.randn(CHECK_SHAPE, dtype=torch.float64, generator=gen),
-        *(torch.randn((), dtype=torch.float64, generator=gen) for _ in range(entry.coefficients)),
+        torch.randn(shape, dtype=torch.float64, generator=gen),
+        torch.randn(shape, dtype=torch.float64, generator=gen),
+        *(torch.randn(coef_shape, dtype=torch.float64, generator=gen)
+          for _ in range(entry.coefficients)),
     ))
 
     def leaves(dtype, where):
@@ -256,20 +270,25 @@ def self_check() -> tuple[list[str], int]:
     """Every op of CHECKS on every device; returns the lines and the number of failures."""
     devices, skipped = self_check_devices()
     dtype = str(CHECK_DTYPE).removeprefix("torch.")
-    lines = [f"self-check: each op forward and backward in {dtype}, x of shape {CHECK_SHAPE} and "
-             "random coefficients,",
+    lines = [f"self-check: each op forward and backward in {dtype} on random x and coefficients "
+             "(one-element and per channel),",
              "against torchext.reference.EAGER in float64 (error relative to max(|expected|, 1))"]
-    failures = 0
+    failures = total = 0
     for device in devices:
         for name in CHECKS:
-            try:
-                passed, details = check(name, device)
-            except Exception as e:  # a crashing op is a failed check, not a crashed command
-                passed, details = False, _describe(e)
-            failures += not passed
-            lines.append(f"  {name:<20}{str(device):<8}{'PASS' if passed else 'FAIL'}  {details}")
+            for shape, coef_shape in check_cases(name):
+                try:
+                    passed, details = check(name, device, shape=shape, coef_shape=coef_shape)
+                except Exception as e:  # a crashing op is a failed check, not a crashed command
+                    passed, details = False, _describe(e)
+                failures += not passed
+                total += 1
+                what = f"x {str(shape):<10}" + (
+                    f"coefficients {str(coef_shape):<8}" if CHECKS[name].coefficients else "")
+                what = f"{what:<33}"
+                lines.append(f"  {name:<20}{str(device):<8}{'PASS' if passed else 'FAIL'}  "
+                             f"{what}{details}")
     lines += [f"  {s}" for s in skipped]
-    total = len(devices) * len(CHECKS)
     lines.append(f"{total - failures} of {total} checks passed" + (
         "" if not failures else f"; {failures} FAILED"))
     return lines, failures

@@ -123,8 +123,7 @@ def _sizes(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid size list {text!r}: use positive integers below 2^62 or powers like "
-            "2^20, "
-            "separated by commas"
+            "2^20, separated by commas"
         ) from None
 
 

@@ -191,10 +191,10 @@ _ONNX_EXPORT, _ONNX_DYNAMO_EXPORT = _onnx_export_flag(), _onnx_dynamo_export_fla
 def _transformed_call(function_class, op: OpDef, args):
     """A call under a torch.func transform or forward-mode AD: through the Function class. Under
     torch.onnx.export (either exporter): the eager expression, which ONNX translates. Not a
-    decomposition in torch._decomp's
-    table: that table is global, and Inductor (which refuses a fallback for an op listed there
-    when the environment variable CI is set, as CI services set it) and FakeTensor (which runs a
-    listed decomposition instead of the Meta kernel under symbolic shapes) read it too."""
+    decomposition in torch._decomp's table: that table is global, and Inductor (which refuses a
+    fallback for an op listed there when the environment variable CI is set, as CI services set
+    it) and FakeTensor (which runs a listed decomposition instead of the Meta kernel under
+    symbolic shapes) read it too."""
     if _ONNX_EXPORT._in_onnx_export or _ONNX_DYNAMO_EXPORT._is_onnx_exporting:
         return _eager_call(op, args)
     return function_class.apply(*args)

@@ -132,6 +132,51 @@ void run_backward(const Job<scalar_t, T>& job) {
                    [&](int64_t b, int64_t e) { TORCHEXT_ISA_CALL(backward_tiles<Op>, job, b, e); });
 }
 
+// f(S{}) for the C++ type S of dtype t: one switch for a whole row of values, whose loop then
+// vectorizes (math::load and math::store switch per value: with a coefficient per element, the
+// table and the gradients' stores took nine tenths of a backward; benchmarks/NOTES.md §18).
+template <typename F>
+void with_type(math::Dtype t, F&& f) {
+  switch (t) {
+    case math::Dtype::Half: return f(c10::Half{});
+    case math::Dtype::BFloat16: return f(c10::BFloat16{});
+    case math::Dtype::Float: return f(float{});
+    default: return f(double{});
+  }
+}
+
+// n values of dtype t at p, as T; the same conversions as math::load.
+template <typename T>
+void load_row(const void* p, math::Dtype t, int64_t n, T* __restrict__ out) {
+  with_type(t, [&](auto tag) {
+    using S = decltype(tag);
+    const S* __restrict__ in = static_cast<const S*>(p);
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (sizeof(S) == 2) {
+        out[i] = static_cast<T>(static_cast<float>(in[i]));
+      } else {
+        out[i] = static_cast<T>(in[i]);
+      }
+    }
+  });
+}
+
+// n values v stored at p in dtype t; the same conversions as math::store.
+template <typename T>
+void store_row(void* p, math::Dtype t, int64_t n, const T* __restrict__ v) {
+  with_type(t, [&](auto tag) {
+    using S = decltype(tag);
+    S* __restrict__ out = static_cast<S*>(p);
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (sizeof(S) == 2) {
+        out[i] = S(static_cast<float>(v[i]));
+      } else {
+        out[i] = static_cast<S>(v[i]);
+      }
+    }
+  });
+}
+
 // The coefficients' values per slot, in T: [N][C] (a one-element coefficient repeated).
 template <typename T>
 std::vector<T> coef_table(const Call& call) {
@@ -139,15 +184,12 @@ std::vector<T> coef_table(const Call& call) {
   std::vector<T> table(call.ncoefs * C);
   for (int j = 0; j < call.ncoefs; ++j) {
     const CoefSource& src = call.coefs[j];
-    const auto size = math::dtype_size(src.dtype);
-    for (int64_t c = 0; c < C; ++c) {
-      if (c > 0 && !src.per_slot) {
-        table[j * C + c] = table[j * C];
-      } else if (src.data == nullptr) {
-        table[j * C + c] = static_cast<T>(src.host_value);
-      } else {
-        table[j * C + c] = math::load<T>(static_cast<const char*>(src.data) + c * size, src.dtype);
-      }
+    T* row = table.data() + j * C;
+    if (src.per_slot && src.data) {
+      load_row(src.data, src.dtype, C, row);
+    } else {  // one element; or never read (no data: host_value, 0)
+      std::fill(row, row + C,
+                src.data ? math::load<T>(src.data, src.dtype) : static_cast<T>(src.host_value));
     }
   }
   return table;
@@ -161,15 +203,25 @@ void kahan_add(T& sum, T& comp, T v) {
 // Each slot's sum over the tiles' partial sums, in tile order (slots in parallel: each slot's
 // order is fixed; the adds in the ISA's loops: compiled for the baseline they were a tenth of a
 // channels-last backward's instructions, benchmarks/NOTES.md §17); then each coefficient's
-// gradient: its slots' sums, or (one-element) their sum.
+// gradient: its slots' sums, or (one-element) their sum. Where each slot has one partial (column
+// tiles in one row tile: a coefficient per element, say) the partials are the sums themselves:
+// zeroing and filling N·C compensated sums was most of such a backward's memory traffic (§18).
 template <typename T>
 void finish_sums(Call& call, const Tiling& tl, const T* partial) {
   const int N = call.ncoefs;
   const int64_t C = call.slots.C;
-  std::vector<T> sum(N * C), comp(N * C);
-  at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
-    TORCHEXT_ISA_CALL(sum_partials<T>, tl, N, C, partial, c0, c1, sum.data(), comp.data());
-  });
+  std::vector<T> sum;
+  const T* totals = partial;  // [N][C]: slot c's total of coefficient j at j * C + c
+  if (tl.runs || tl.row_tiles > 1) {
+    sum.assign(N * C, T(0));
+    std::vector<T> comp(N * C);
+    at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
+      TORCHEXT_ISA_CALL(sum_partials<T>, tl, N, C, partial, c0, c1, sum.data(), comp.data());
+      for (int j = 0; j < N; ++j)
+        for (int64_t c = c0; c < c1; ++c) sum[j * C + c] += comp[j * C + c];
+    });
+    totals = sum.data();
+  }
   for (int j = 0; j < N; ++j) {
     at::Tensor& out = call.kernel_grads[j];
     const auto dtype = out.scalar_type() == at::kDouble  ? math::Dtype::Double
@@ -178,12 +230,10 @@ void finish_sums(Call& call, const Tiling& tl, const T* partial) {
                                                          : math::Dtype::BFloat16;
     char* p = static_cast<char*>(out.mutable_data_ptr());
     if (call.grad_per_slot[j]) {
-      for (int64_t c = 0; c < C; ++c)
-        math::store(p + c * math::dtype_size(dtype), dtype, sum[j * C + c] + comp[j * C + c]);
+      store_row(p, dtype, C, totals + j * C);
     } else {
       T total = 0, total_comp = 0;
-      for (int64_t c = 0; c < C; ++c)
-        kahan_add(total, total_comp, sum[j * C + c] + comp[j * C + c]);
+      for (int64_t c = 0; c < C; ++c) kahan_add(total, total_comp, totals[j * C + c]);
       math::store(p, dtype, total + total_comp);
     }
   }

@@ -162,26 +162,43 @@ TORCHEXT_RELU_BITS(c10::BFloat16, 0x7F80)
 // A coefficient tensor may have any floating dtype; its dtype travels as a small code.
 enum class Dtype : int8_t { Half, BFloat16, Float, Double };
 
+// A value of stored type S (c10::Half, c10::BFloat16, float, double) as T, and back: the 16-bit
+// types through float.
+template <typename T, typename S>
+C10_HOST_DEVICE inline T from_stored(S v) {
+  if constexpr (sizeof(S) == 2) {
+    return static_cast<T>(static_cast<float>(v));
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+template <typename S, typename T>
+C10_HOST_DEVICE inline S to_stored(T v) {
+  if constexpr (sizeof(S) == 2) {
+    return S(static_cast<float>(v));
+  } else {
+    return static_cast<S>(v);
+  }
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T load(const void* p, Dtype t) {
   switch (t) {
-    case Dtype::Half: return static_cast<T>(static_cast<float>(*static_cast<const c10::Half*>(p)));
-    case Dtype::BFloat16:
-      return static_cast<T>(static_cast<float>(*static_cast<const c10::BFloat16*>(p)));
-    case Dtype::Float: return static_cast<T>(*static_cast<const float*>(p));
-    default: return static_cast<T>(*static_cast<const double*>(p));
+    case Dtype::Half: return from_stored<T>(*static_cast<const c10::Half*>(p));
+    case Dtype::BFloat16: return from_stored<T>(*static_cast<const c10::BFloat16*>(p));
+    case Dtype::Float: return from_stored<T>(*static_cast<const float*>(p));
+    default: return from_stored<T>(*static_cast<const double*>(p));
   }
 }
 
 template <typename T>
 C10_HOST_DEVICE inline void store(void* p, Dtype t, T v) {
   switch (t) {
-    case Dtype::Half: *static_cast<c10::Half*>(p) = c10::Half(static_cast<float>(v)); break;
-    case Dtype::BFloat16:
-      *static_cast<c10::BFloat16*>(p) = c10::BFloat16(static_cast<float>(v));
-      break;
-    case Dtype::Float: *static_cast<float*>(p) = static_cast<float>(v); break;
-    default: *static_cast<double*>(p) = static_cast<double>(v);
+    case Dtype::Half: *static_cast<c10::Half*>(p) = to_stored<c10::Half>(v); break;
+    case Dtype::BFloat16: *static_cast<c10::BFloat16*>(p) = to_stored<c10::BFloat16>(v); break;
+    case Dtype::Float: *static_cast<float*>(p) = to_stored<float>(v); break;
+    default: *static_cast<double*>(p) = to_stored<double>(v);
   }
 }
 

@@ -145,35 +145,23 @@ void with_type(math::Dtype t, F&& f) {
   }
 }
 
-// n values of dtype t at p, as T; the same conversions as math::load.
+// n values of dtype t at p, as T (as math::load converts one).
 template <typename T>
 void load_row(const void* p, math::Dtype t, int64_t n, T* __restrict__ out) {
   with_type(t, [&](auto tag) {
     using S = decltype(tag);
     const S* __restrict__ in = static_cast<const S*>(p);
-    for (int64_t i = 0; i < n; ++i) {
-      if constexpr (sizeof(S) == 2) {
-        out[i] = static_cast<T>(static_cast<float>(in[i]));
-      } else {
-        out[i] = static_cast<T>(in[i]);
-      }
-    }
+    for (int64_t i = 0; i < n; ++i) out[i] = math::from_stored<T>(in[i]);
   });
 }
 
-// n values v stored at p in dtype t; the same conversions as math::store.
+// n values v stored at p in dtype t (as math::store converts one).
 template <typename T>
 void store_row(void* p, math::Dtype t, int64_t n, const T* __restrict__ v) {
   with_type(t, [&](auto tag) {
     using S = decltype(tag);
     S* __restrict__ out = static_cast<S*>(p);
-    for (int64_t i = 0; i < n; ++i) {
-      if constexpr (sizeof(S) == 2) {
-        out[i] = S(static_cast<float>(v[i]));
-      } else {
-        out[i] = static_cast<S>(v[i]);
-      }
-    }
+    for (int64_t i = 0; i < n; ++i) out[i] = math::to_stored<S>(v[i]);
   });
 }
 

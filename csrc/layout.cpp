@@ -19,15 +19,6 @@ bool is_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
-math::Dtype code_of(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return math::Dtype::Half;
-    case at::kBFloat16: return math::Dtype::BFloat16;
-    case at::kFloat: return math::Dtype::Float;
-    default: return math::Dtype::Double;
-  }
-}
-
 constexpr const char* kFloats = "float16, bfloat16, float32 or float64";
 constexpr const char* kShapes =
     "a coefficient is a number or a tensor whose shape broadcasts to x's without enlarging it: "

@@ -39,6 +39,16 @@ struct Slots {
   int64_t C = 1, P = 1;
 };
 
+// The code of a floating dtype, as the kernels read and write coefficients and their gradients.
+inline math::Dtype code_of(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return math::Dtype::Half;
+    case at::kBFloat16: return math::Dtype::BFloat16;
+    case at::kFloat: return math::Dtype::Float;
+    default: return math::Dtype::Double;
+  }
+}
+
 // Where the kernels read coefficient i: one value, or C values (one per slot) contiguous.
 struct CoefSource {
   const void* data = nullptr;  // nullptr: host_value (a 0-dim CPU tensor with a CUDA x, or a

@@ -541,15 +541,15 @@ def test_per_sample_gradients(op, entry, device, no_slow_vmap):
         torch.testing.assert_close(g, torch.stack([w[i] for w in want]))
 
 
-@pytest.mark.parametrize("entry", ["function", "module"])
-def test_func_transforms_in_place(op, entry, device, no_slow_vmap):
+@pytest.mark.parametrize("way", ["function", "module"])
+def test_func_transforms_in_place(op, way, device, no_slow_vmap):
     """<name>(x, inplace=True) and the module with inplace=True under torch.func's transforms and
     forward-mode AD give what the eager expression written into x (x.copy_(...), which is what
     torch.relu_ is for relu) gives there, and write into x: a model with in-place ReLUs takes
     grad, vmap and jvp as torch's own does."""
     if not op.inplace:
         pytest.skip(f"{op.name} has no in-place form")
-    if entry == "module":
+    if way == "module":
         fn = getattr(torchext.nn, op.cls)(inplace=True)
     else:
         def fn(x):

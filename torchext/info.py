@@ -283,9 +283,8 @@ def self_check() -> tuple[list[str], int]:
                     passed, details = False, _describe(e)
                 failures += not passed
                 total += 1
-                what = f"x {str(shape):<10}" + (
-                    f"coefficients {str(coef_shape):<8}" if CHECKS[name].coefficients else "")
-                what = f"{what:<33}"
+                coefs = f"coefficients {coef_shape!s:<8}" if CHECKS[name].coefficients else ""
+                what = f"x {shape!s:<10}{coefs:<21}"
                 lines.append(f"  {name:<20}{str(device):<8}{'PASS' if passed else 'FAIL'}  "
                              f"{what}{details}")
     lines += [f"  {s}" for s in skipped]

@@ -27,12 +27,13 @@ def _param(module: str, name: str, value, shape, device, dtype) -> torch.nn.Para
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
         raise TypeError(f"torchext.nn.{module}: '{name}' must be a real number or a floating "
                         f"tensor, got {type(value).__name__}")
-    if not isinstance(value, Tensor):
+    if isinstance(value, Tensor):
+        value = torch.as_tensor(value, device=device)
+    else:
         # In float64 first, so that 0.1 with dtype=torch.float64 is float64's 0.1 (not float32's),
         # and an int beyond int64's range is the float it is (torch.as_tensor refuses it).
         value = torch.tensor(F._real(f"nn.{module}", name, value), dtype=torch.float64,
                              device=device)
-    value = torch.as_tensor(value, device=device)
     if value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"torchext.nn.{module}: '{name}' must be a real number or a floating "
                         f"tensor, got a {value.dtype} tensor")

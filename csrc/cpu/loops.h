@@ -212,10 +212,7 @@ void finish_sums(Call& call, const Tiling& tl, const T* partial) {
   }
   for (int j = 0; j < N; ++j) {
     at::Tensor& out = call.kernel_grads[j];
-    const auto dtype = out.scalar_type() == at::kDouble  ? math::Dtype::Double
-                       : out.scalar_type() == at::kFloat ? math::Dtype::Float
-                       : out.scalar_type() == at::kHalf  ? math::Dtype::Half
-                                                         : math::Dtype::BFloat16;
+    const math::Dtype dtype = code_of(out.scalar_type());
     char* p = static_cast<char*>(out.mutable_data_ptr());
     if (call.grad_per_slot[j]) {
       store_row(p, dtype, C, totals + j * C);

@@ -127,13 +127,6 @@ struct GradArgs {  // where each coefficient's gradient goes: C values, or one
   bool per_slot[N > 0 ? N : 1];
 };
 
-inline math::Dtype code_of(at::ScalarType t) {
-  return t == at::kDouble  ? math::Dtype::Double
-         : t == at::kFloat ? math::Dtype::Float
-         : t == at::kHalf  ? math::Dtype::Half
-                           : math::Dtype::BFloat16;
-}
-
 template <int N>
 GradArgs<N> grad_args(Call& call) {
   GradArgs<N> a{};

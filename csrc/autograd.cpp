@@ -19,6 +19,7 @@
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <array>
 #include <string>
@@ -343,6 +344,11 @@ void inplace_version(const Tensor& x) {
 // c10::make_intrusive<CppNode<F>>(); that call is specialized for our Functions below to make a
 // Named<F>. A torch release that made its nodes otherwise would leave the specialization unused
 // and the long names back (tests/test_ops.py::test_autograd_nodes_are_named_after_the_op fails).
+// torch before 2.13 made them with `new CppNode<F>()` into a std::shared_ptr (Node was no
+// intrusive_ptr_target, and the specialization does not compile): there the nodes keep the long
+// names, and everything else works the same.
+#define TORCHEXT_NAMED_NODES_SUPPORTED \
+  (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13))
 #define TORCHEXT_NODES(name, Op)                                                     \
   struct Op##Backward0 : OpFunction<math::Op, Op##Backward0> {                       \
     static constexpr const char* kNodeName = #Op "Backward0";                        \
@@ -356,13 +362,16 @@ void inplace_version(const Tensor& x) {
 TORCHEXT_OPS(TORCHEXT_NODES)
 #undef TORCHEXT_NODES
 
+#if TORCHEXT_NAMED_NODES_SUPPORTED
 template <class F>
 struct Named : torch::autograd::CppNode<F> {
   std::string name() const override { return F::kNodeName; }
 };
+#endif
 
 }  // namespace torchext
 
+#if TORCHEXT_NAMED_NODES_SUPPORTED
 namespace c10 {
 #define TORCHEXT_NAMED(F)                                   \
   template <>                                               \
@@ -376,6 +385,7 @@ TORCHEXT_OPS(TORCHEXT_NAMED_NODES)
 #undef TORCHEXT_NAMED_NODES
 #undef TORCHEXT_NAMED
 }  // namespace c10
+#endif  // TORCHEXT_NAMED_NODES_SUPPORTED
 
 namespace torchext {
 namespace {

@@ -210,6 +210,13 @@ def _eager_call(op: OpDef, args, inplace=False):
     return args[0].copy_(y) if inplace else y.to(args[0].dtype)  # as the operator, x's dtype
 
 
+def _exporting() -> bool:
+    """Whether torch.export is tracing. Not torch.compiler.is_exporting(): dynamo folds that to True
+    under torch.compile too before torch 2.12 (and torch 2.6 has none); the flag it returns is
+    read as it is."""
+    return getattr(torch.compiler, "_is_exporting_flag", False)
+
+
 def _transformed() -> bool:
     """Whether a torch.func transform or forward-mode AD is active: then the functions go through
     the <cls>Function classes, which those support (the C++ derivatives cannot run there)."""
@@ -263,7 +270,7 @@ def _make_function(op: OpDef, function_class):
                  "_onnx_dynamo": _ONNX_DYNAMO_EXPORT,
                  "_transformed_call": _transformed_call, "_op": op,
                  "_dynamo_compiling": torch.compiler.is_dynamo_compiling,
-                 "_exporting": torch.compiler.is_exporting, "_eager_call": _eager_call}
+                 "_exporting": _exporting, "_eager_call": _eager_call}
     if op.inplace:
         namespace["_inplace_operator"] = getattr(torch.ops.torchext, f"{op.name}_").default
     exec("\n".join(lines) + "\n", namespace)  # noqa: S102

@@ -4,6 +4,8 @@ CUDA cases run wherever a GPU is visible and torchext was built with CUDA kernel
 with the reason where not.
 """
 
+import platform
+
 import pytest
 import torch
 
@@ -133,6 +135,21 @@ def bits(t):
     """The tensor's bits, as integers of its width (compared with torch.equal, NaNs included)."""
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
     return t.detach().contiguous().view(ints)
+
+
+# torch's CPU relu keeps -0.0 on x86-64. Elsewhere (aarch64: its NEON loop takes max(x, 0)) it
+# turns -0.0 into +0.0 in its vector body and keeps it in its scalar tail, so an element's sign
+# depends on where it lies; torchext.relu keeps -0.0 on every CPU, as torch does on x86-64.
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def torch_relu(x):
+    """torch.relu(x) as torchext.relu promises it bit for bit: torch's own on x86-64 and on CUDA;
+    on other CPUs with the zeros' signs of x's (see X86_64). Differentiable as torch.relu."""
+    y = torch.relu(x)
+    if X86_64 or x.device.type != "cpu" or not x.is_floating_point():
+        return y
+    return torch.where(x == 0, x.detach(), y)
 
 
 def same_bits(a, b):

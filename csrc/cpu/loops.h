@@ -19,7 +19,9 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <immintrin.h>
+#if defined(__x86_64__)
+#include <immintrin.h>  // the AVX2 copy's intrinsics (other CPUs, aarch64, run the portable copy)
+#endif
 
 #include <algorithm>
 #include <array>
@@ -72,8 +74,9 @@ struct Workspace {
 }  // namespace cpu
 }  // namespace torchext
 
-// The loops, for baseline x86-64 and for AVX2 with F16C (picked at run time by isa();
-// TORCHEXT_AVX2 tells loops_impl.h which copy it compiles). PyTorch wheels are built for the
+// The loops, for the baseline (x86-64's, or another CPU's: aarch64 vectorizes it with NEON) and
+// on x86-64 for AVX2 with F16C (picked at run time by isa(); TORCHEXT_AVX2 tells loops_impl.h
+// which copy it compiles). PyTorch wheels are built for the
 // baseline too, so without this the compiler may use SSE2 only: half the width, and measured twice
 // as slow (benchmarks/NOTES.md).
 #define TORCHEXT_ISA base

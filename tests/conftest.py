@@ -137,9 +137,9 @@ def bits(t):
     return t.detach().contiguous().view(ints)
 
 
-# torch's CPU relu keeps -0.0 on x86-64. Elsewhere (aarch64: its NEON loop takes max(x, 0)) it
-# turns -0.0 into +0.0 in its vector body and keeps it in its scalar tail, so an element's sign
-# depends on where it lies; torchext.relu keeps -0.0 on every CPU, as torch does on x86-64.
+# torch's CPU relu keeps -0.0 on x86-64. On aarch64 (seen with torch 2.10) it turns -0.0
+# into +0.0 in its vectorized body and keeps it in its scalar tail, so an element's sign depends
+# on where it lies; torchext.relu keeps -0.0 on every CPU, as torch does on x86-64.
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 

@@ -74,11 +74,11 @@ struct Workspace {
 }  // namespace cpu
 }  // namespace torchext
 
-// The loops, for the baseline (x86-64's, or another CPU's: aarch64 vectorizes it with NEON) and
-// on x86-64 for AVX2 with F16C (picked at run time by isa(); TORCHEXT_AVX2 tells loops_impl.h
-// which copy it compiles). PyTorch wheels are built for the
-// baseline too, so without this the compiler may use SSE2 only: half the width, and measured twice
-// as slow (benchmarks/NOTES.md).
+// The loops, for the baseline (x86-64's, or another CPU's: on aarch64 the compiler vectorizes it
+// with NEON) and on x86-64 for AVX2 with F16C (picked at run time by isa(); TORCHEXT_AVX2 tells
+// loops_impl.h which copy it compiles). PyTorch's x86-64 wheels are built for the baseline too, so
+// without this the compiler may use SSE2 only: half the width, and measured twice as slow
+// (benchmarks/NOTES.md).
 #define TORCHEXT_ISA base
 #define TORCHEXT_AVX2 0
 #include "loops_impl.h"

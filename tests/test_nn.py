@@ -150,3 +150,46 @@ def test_per_channel_module_initial_values_and_state_dict():
     m3.load_state_dict(m2.state_dict())
     x = randn(2, 3, 4)
     torch.testing.assert_close(m3(x), m2(x))
+
+
+@pytest.mark.parametrize("op", COEF_OPS, ids=lambda op: op.name)
+@pytest.mark.parametrize("num_parameters", [1, 3])
+def test_reset_parameters_sets_the_initial_values_again(op, num_parameters):
+    """reset_parameters, as torch.nn's modules have it: the values given (or the op's defaults)
+    again, the others drawn from randn as a module made after the same seed draws them."""
+    cls = getattr(torchext.nn, op.cls)
+    a = torch.arange(float(num_parameters)).squeeze()
+    first = op.coefs[0]
+    m = cls(num_parameters, **{first: a})
+    params = list(m.parameters())
+    with torch.no_grad():
+        for p in params:
+            p.fill_(7.0)
+    torch.manual_seed(11)
+    m.reset_parameters()
+    torch.manual_seed(11)
+    shape = () if num_parameters == 1 else (num_parameters,)
+    given = {**dict(zip(op.coefs, op.init or (None,) * len(op.coefs), strict=True)), first: a}
+    for name in op.coefs:  # the draws in the op's order, as the tutorial's Polynomial3 makes them
+        want = torch.randn(shape) if given[name] is None else torch.full(shape, 0.0) + given[name]
+        assert torch.equal(getattr(m, name), want), name
+    assert all(p is q for p, q in zip(m.parameters(), params, strict=True))  # refilled in place
+
+
+@pytest.mark.parametrize("op", COEF_OPS, ids=lambda op: op.name)
+def test_a_module_made_on_the_meta_device_gets_its_values(op):
+    """Deferred initialization (as FSDP does it): made on the meta device, then to_empty and
+    reset_parameters give the module that would have been made on the CPU."""
+    cls = getattr(torchext.nn, op.cls)
+    with torch.device("meta"):
+        m = cls(4, dim=-1, b=torch.tensor([1.0, 2.0, 3.0, 4.0], device="cpu"), dtype=torch.float64)
+    assert all(p.is_meta for p in m.parameters())
+    m.to_empty(device="cpu")
+    torch.manual_seed(5)
+    m.reset_parameters()
+    torch.manual_seed(5)
+    want = cls(4, dim=-1, b=torch.tensor([1.0, 2.0, 3.0, 4.0]), dtype=torch.float64)
+    for name in op.coefs:
+        assert torch.equal(getattr(m, name), getattr(want, name)), name
+    x = randn(2, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(m(x), want(x))

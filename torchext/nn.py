@@ -19,31 +19,30 @@ from . import functional as F
 __all__ = []
 
 
-def _param(module: str, name: str, value, shape, device, dtype) -> torch.nn.Parameter:
-    """A parameter of the given shape: ``randn`` (the tutorial's draw) when value is None, else
-    value (a number, or a tensor that broadcasts to the shape)."""
+def _initial(module: str, name: str, value, shape):
+    """A coefficient's initial value as reset_parameters sets it: None (draw ``randn``, the
+    tutorial's draw), or a tensor that broadcasts to the shape (a number as float64, so that 0.1
+    with dtype=torch.float64 is float64's 0.1, not float32's, and an int beyond int64's range,
+    which torch.as_tensor refuses, is the float it is)."""
     if value is None:
-        return torch.nn.Parameter(torch.randn(shape, device=device, dtype=dtype))
+        return None
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
         raise TypeError(f"torchext.nn.{module}: '{name}' must be a real number or a floating "
                         f"tensor, got {type(value).__name__}")
     if isinstance(value, Tensor):
-        value = torch.as_tensor(value, device=device)
+        value = value.detach().clone()
     else:
-        # In float64 first, so that 0.1 with dtype=torch.float64 is float64's 0.1 (not float32's),
-        # and an int beyond int64's range is the float it is (torch.as_tensor refuses it).
         value = torch.tensor(F._real(f"nn.{module}", name, value), dtype=torch.float64,
-                             device=device)
+                             device="cpu")  # not the meta device a module may be made under
     if value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"torchext.nn.{module}: '{name}' must be a real number or a floating "
                         f"tensor, got a {value.dtype} tensor")
     try:
-        value = value.broadcast_to(shape)
+        value.broadcast_to(shape)
     except RuntimeError:
         raise ValueError(f"torchext.nn.{module}: '{name}' of shape {list(value.shape)} does not "
                          f"fit num_parameters={shape[0] if shape else 1}") from None
-    dtype = dtype or torch.get_default_dtype()  # an int given as a value still makes a float
-    return torch.nn.Parameter(value.to(dtype=dtype).clone())
+    return value
 
 
 def _fmt(p: Tensor) -> str:
@@ -76,8 +75,24 @@ class _WithCoefficients(torch.nn.Module):
         unknown = set(values) - set(self._op.coefs)
         if unknown:
             raise TypeError(f"torchext.nn.{module}: unexpected arguments {sorted(unknown)}")
+        self._initial = {name: _initial(module, name, values.get(name), shape)
+                         for name in self._op.coefs}
         for name in self._op.coefs:
-            setattr(self, name, _param(module, name, values.get(name), shape, device, dtype))
+            setattr(self, name, torch.nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Sets the parameters to their initial values: those given, the others drawn from
+        ``randn`` in the op's order, so that after ``torch.manual_seed(s)`` they are those of a
+        module made after it. A module made on the meta device gets its values by
+        ``m.to_empty(device=...)`` then this, as torch.nn's modules do."""
+        with torch.no_grad():
+            for name in self._op.coefs:
+                param, value = getattr(self, name), self._initial[name]
+                if value is None:
+                    param.normal_()
+                else:
+                    param.copy_(value)
 
     def _coefficients(self, x: Tensor):
         coefs = [getattr(self, name) for name in self._op.coefs]

@@ -193,3 +193,12 @@ def test_a_module_made_on_the_meta_device_gets_its_values(op):
         assert torch.equal(getattr(m, name), getattr(want, name)), name
     x = randn(2, 5, 4, dtype=torch.float64)
     torch.testing.assert_close(m(x), want(x))
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_jit_script_is_an_error_naming_the_module(op):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), getattr(torchext.nn, op.cls)())
+    with pytest.raises(RuntimeError, match=f"torchext.nn.{op.cls}: torch.jit.script is not "
+                                           f"supported .*torch.jit.trace, torch.export"):
+        torch.jit.script(model)

@@ -177,8 +177,16 @@ def _make_module(op: F.OpDef):
         base = _WithoutCoefficients
     body = {"__init__": _named(__init__, f"{op.cls}.__init__"), "_op": op,
             "_function": staticmethod(function), "__doc__": doc, "__module__": __name__,
-            "__qualname__": op.cls}
+            "__qualname__": op.cls, "__prepare_scriptable__": _not_scriptable}
     return type(op.cls, (base,), body)
+
+
+def _not_scriptable(self):
+    """torch.jit.script calls this first: an error that names the module, where TorchScript
+    would fail on the functions' source (they are made from the op table)."""
+    raise RuntimeError(f"torchext.nn.{type(self).__name__}: torch.jit.script is not supported "
+                       f"(torch deprecates it); torch.jit.trace, torch.export or torch.compile "
+                       f"the model instead")
 
 
 def _named(fn, qualname: str):

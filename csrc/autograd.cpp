@@ -140,6 +140,38 @@ auto call_below_autograd(const Handle& handle, const Args&... args) {
   return handle.call(args...);
 }
 
+// The backward operator's arguments after the coefficients: output_mask, for ops with
+// coefficients (ops.h); wanted[0] for dx, wanted[i + 1] for coefficient i's gradient.
+template <class Op>
+auto mask_args(const typename Signature<Op>::Mask& wanted) {
+  if constexpr (kNumCoefs<Op> == 0) {
+    return std::tuple<>();
+  } else {
+    return std::make_tuple(typename Signature<Op>::OptionalMask(Signature<Op>::to_list(wanted)));
+  }
+}
+
+// (dx, dcoefficients...) = the backward operator (g, v, coefficients, and the mask where the op
+// has coefficients), through the dispatcher from where the caller stands.
+template <class Op, class Coefs>
+std::array<Tensor, kNumCoefs<Op> + 1> call_backward(const Tensor& g, const Tensor& v,
+                                                    const Coefs& coefs,
+                                                    const typename Signature<Op>::Mask& wanted) {
+  return std::apply(
+      [&](const auto&... args) {
+        return Signature<Op>::unpack(Operators<Op>::backward().call(g, v, args...));
+      },
+      std::tuple_cat(coefs, mask_args<Op>(wanted)));
+}
+
+// A mask as a number (bit i: result i wanted), for a context's saved_data.
+template <size_t M>
+int64_t mask_bits(const std::array<bool, M>& wanted) {
+  int64_t bits = 0;
+  for (size_t i = 0; i < M; ++i) bits |= int64_t{wanted[i]} << i;
+  return bits;
+}
+
 // ---- first order ------------------------------------------------------------------------------
 
 // y = op(x, coefficients...). Saves what the backward reads: x (or y), and the coefficients whose
@@ -174,8 +206,12 @@ struct OpFunction : torch::autograd::Function<Node> {
     return y;
   }
 
+  // Only the gradients autograd wants are computed (output_mask): none for x when x needs none
+  // (the tutorial's), no sums when no coefficient needs one (numbers, frozen parameters).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
+    typename Signature<Op>::Mask wanted;
+    for (int i = 0; i <= N; ++i) wanted[i] = ctx->needs_input_grad(i);
     std::array<Tensor, N> coefs;
     for (int i = 0; i < N; ++i) {
       coefs[i] = s[i + 1];
@@ -187,28 +223,36 @@ struct OpFunction : torch::autograd::Function<Node> {
                        .expand(ctx->saved_data["sizes" + key].toIntVector());
       }
     }
-    auto out = std::apply(
-        [&](const auto&... c) {
-          return Signature<Op>::unpack(Operators<Op>::backward().call(grads[0], s[0], c...));
-        },
-        coefs);
+    auto out = call_backward<Op>(grads[0], s[0], coefs, wanted);
+    for (int i = 0; i <= N; ++i)
+      if (!wanted[i]) out[i] = Tensor();
     return variable_list(out.begin(), out.end());
   }
 };
 
 // (dx, dcoefficients...) = op_backward(g, v, coefficients...), differentiable by SecondOrder<Op>.
+// The results not wanted (output_mask) are zeros, whatever the inputs: their gradients add
+// nothing. The mask itself, not a tensor, gets an undefined gradient.
 template <class Op, class Node>
 struct BackwardFunction : torch::autograd::Function<Node> {
-  template <class... C>
+  static constexpr int N = kNumCoefs<Op>;
+  template <class... Args>
   static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& v,
-                               const C&... coefs) {
+                               const typename Signature<Op>::Mask& wanted, const Args&... coefs) {
     ctx->save_for_backward({g, v, coefs...});
-    auto out =
-        Signature<Op>::unpack(call_below_autograd(Operators<Op>::backward(), g, v, coefs...));
+    ctx->saved_data["wanted"] = mask_bits(wanted);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto out = call_backward<Op>(g, v, std::tie(coefs...), wanted);
     return variable_list(out.begin(), out.end());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return SecondOrder<Op>::grad(ctx->get_saved_variables(), grads);
+    const int64_t wanted = ctx->saved_data["wanted"].toInt();
+    for (int i = 0; i <= N; ++i)
+      if (!(wanted >> i & 1)) grads[i] = at::zeros_like(grads[i]);
+    variable_list out = SecondOrder<Op>::grad(ctx->get_saved_variables(), grads);
+    // Function::apply's inputs are (g, v, wanted, coefficients...): one gradient each.
+    out.insert(out.begin() + 2, Tensor());
+    return out;
   }
 };
 
@@ -262,14 +306,15 @@ struct AutogradKernels {
         coefs);
   }
 
-  static std::array<Tensor, N + 1> backward(const Tensor& g, const Tensor& v, const Coefs& coefs) {
+  static std::array<Tensor, N + 1> backward(const Tensor& g, const Tensor& v, const Coefs& coefs,
+                                            const typename Signature<Op>::Mask& wanted) {
     return std::apply(
         [&](const auto&... c) {
           if (records_nothing({&g, &v}, coefs)) {
-            return Signature<Op>::unpack(
-                call_below_autograd(Operators<Op>::backward(), g, v, c...));
+            at::AutoDispatchBelowADInplaceOrView below_autograd;
+            return call_backward<Op>(g, v, coefs, wanted);
           }
-          const variable_list out = Nodes<Op>::Backward::apply(g, v, c...);
+          const variable_list out = Nodes<Op>::Backward::apply(g, v, wanted, c...);
           std::array<Tensor, N + 1> result;
           std::copy(out.begin(), out.end(), result.begin());
           return result;

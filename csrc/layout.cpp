@@ -4,6 +4,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty_strided.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <c10/util/SmallVector.h>
 
@@ -331,6 +332,13 @@ Call prepare(const char* op, const at::Tensor& v, CoefArgs coefs, unsigned reads
   return call;
 }
 
+// A result not wanted (output_mask): zeros shaped like t, expanded from one element (no memory);
+// the same strides from the Meta kernels.
+at::Tensor not_wanted(c10::SymIntArrayRef sizes, const at::TensorOptions& options) {
+  return at::zeros({}, options).expand_symint(sizes);
+}
+at::Tensor not_wanted(const at::Tensor& t) { return not_wanted(t.sym_sizes(), t.options()); }
+
 }  // namespace
 
 Call prepare_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral) {
@@ -347,15 +355,20 @@ Call prepare_inplace(const char* op, const at::Tensor& x, CoefArgs coefs, bool i
 }
 
 Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,
-                      const char* v_name, CoefArgs coefs, unsigned reads) {
+                      const char* v_name, CoefArgs coefs, unsigned reads, const bool* wanted) {
   check_input(op, v_name, v, /*integral=*/false);
   check_like(op, "grad", grad, v);
   Span spans[kMaxCoefs];
   Call call = prepare(op, v, coefs, reads, v.scalar_type(), spans);
+  for (int i = 0; wanted && i <= coefs.n; ++i) call.unwanted[i] = !wanted[i];
   const Block block = block_of(spans, coefs.n, v);
   for (int i = 0; i < coefs.n; ++i) {
     const at::Tensor& c = coefs.tensors[i];
     const auto options = c.options().device(v.device());
+    if (!call.wants_sums()) {  // no gradient is computed: each is its zeros, nothing allocated
+      call.grads[i] = not_wanted(c.sym_sizes(), options);
+      continue;
+    }
     call.grads[i] = at::empty(c.sizes(), options);
     call.grad_per_slot[i] = !spans[i].scalar();
     call.kernel_grads[i] = call.grads[i];
@@ -385,7 +398,7 @@ at::Tensor meta_forward(const char* op, const at::Tensor& x, CoefArgs coefs, boo
 }
 
 void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, const char* v_name,
-                   CoefArgs coefs, at::Tensor* outs) {
+                   CoefArgs coefs, const bool* wanted, at::Tensor* outs) {
   check_input(op, v_name, v, /*integral=*/false);
   check_like(op, "grad", grad, v);
   Span spans[kMaxCoefs];
@@ -396,14 +409,19 @@ void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, 
     const at::Tensor& c = coefs.tensors[i];
     outs[i + 1] = at::empty_symint(c.sym_sizes(), c.options().device(v.device()));
   }
+  for (int i = 0; wanted && i <= coefs.n; ++i)
+    if (!wanted[i]) outs[i] = not_wanted(outs[i]);
 }
 
 void finish_backward(Call& call) {
-  if (call.numel == 0) return;
-  for (int i = 0; i < call.ncoefs; ++i) {
-    if (call.kernel_grads[i].is_same(call.grads[i])) continue;
+  for (int i = 0; i < call.ncoefs && call.numel > 0; ++i) {
+    if (call.unwanted[i + 1] || !call.wants_sums() || call.kernel_grads[i].is_same(call.grads[i]))
+      continue;
     call.grads[i].copy_(call.kernel_grads[i].sum_to_size(call.grads[i].sizes()));
   }
+  if (call.unwanted[0]) call.out = not_wanted(call.out);
+  for (int i = 0; i < call.ncoefs && call.wants_sums(); ++i)  // (else zeros already)
+    if (call.unwanted[i + 1]) call.grads[i] = not_wanted(call.grads[i]);
 }
 
 // ---- tiles ------------------------------------------------------------------------------------

@@ -74,6 +74,15 @@ struct Call {
   // dtype); finish_backward turns them into grads[i], shaped and typed like coefficient i.
   at::Tensor grads[kMaxCoefs], kernel_grads[kMaxCoefs];
   bool grad_per_slot[kMaxCoefs] = {};
+  // Backward: the results not wanted (output_mask, ops.h): dx at 0, coefficient i's gradient at
+  // i + 1. The kernels need not compute them; finish_backward makes them zeros.
+  bool unwanted[kMaxCoefs + 1] = {};
+  bool wants_dx() const { return !unwanted[0]; }
+  bool wants_sums() const {
+    for (int i = 0; i < ncoefs; ++i)
+      if (!unwanted[i + 1]) return true;
+    return false;
+  }
 };
 
 // The coefficient arguments of a call: their tensors and names.
@@ -91,11 +100,13 @@ Call prepare_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool i
 // torch's in-place ops refuse it.
 Call prepare_inplace(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral = false);
 // v: what the forward saved (v_name: "x", or "result"); reads: a bit per coefficient whose value
-// the backward reads (the others only give their gradient's shape and dtype).
+// the backward reads (the others only give their gradient's shape and dtype); wanted: dx's and
+// each coefficient's gradient's (ops.h's output_mask), or null for all.
 Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& v,
-                      const char* v_name, CoefArgs coefs, unsigned reads);
+                      const char* v_name, CoefArgs coefs, unsigned reads,
+                      const bool* wanted = nullptr);
 // After the kernels: the gradients of coefficients that were expanded for the kernels, summed
-// back to their shapes.
+// back to their shapes; the results not wanted, zeros.
 void finish_backward(Call& call);
 
 // The Meta kernels' part (meta.cpp): the same checks and the same results (their layouts
@@ -104,7 +115,7 @@ void finish_backward(Call& call);
 at::Tensor meta_forward(const char* op, const at::Tensor& x, CoefArgs coefs, bool integral,
                         bool inplace = false);
 void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, const char* v_name,
-                   CoefArgs coefs, at::Tensor* outs);
+                   CoefArgs coefs, const bool* wanted, at::Tensor* outs);
 
 // ---- tiles of the backward's sums --------------------------------------------------------------
 // The elements, in memory order, are rows × W with W = C·P: a row holds every slot once, each as

@@ -27,9 +27,11 @@ struct MetaKernels {
     meta_forward(OpName<Op>::kQualified, x, args(coefs), kIntegral<Op>, /*inplace=*/true);
   }
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
-                                                const Coefs& coefs) {
+                                                const Coefs& coefs,
+                                                const std::array<bool, N + 1>& wanted) {
     std::array<at::Tensor, N + 1> out;
-    meta_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>, args(coefs), out.data());
+    meta_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>, args(coefs), wanted.data(),
+                  out.data());
     return out;
   }
 };

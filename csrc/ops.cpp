@@ -60,7 +60,8 @@ struct Refuse {
     TORCH_CHECK(false, OpName<Op>::kQualified, ": unsupported tensor type");
   }
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
-                                                const std::array<at::Tensor, N>& coefs) {
+                                                const std::array<at::Tensor, N>& coefs,
+                                                const std::array<bool, N + 1>&) {
     prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
                      {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
     TORCH_CHECK(false, OpName<Op>::kQualified, ": unsupported tensor type");
@@ -86,7 +87,7 @@ void define_op(torch::Library& m) {
   if constexpr (kInplace<Op>) m.def(inplace_schema<Op>(name).c_str());
   for (const auto key : kNotDense) {
     m.impl(name.c_str(), torch::dispatch(key, &S::template forward<Refuse<Op>>));
-    m.impl(backward.c_str(), torch::dispatch(key, &S::template backward<Refuse<Op>>));
+    m.impl(backward.c_str(), torch::dispatch(key, S::template backward_kernel<Refuse<Op>>()));
     if constexpr (kInplace<Op>) {
       m.impl((name + "_").c_str(), torch::dispatch(key, &S::template inplace<Refuse<Op>>));
     }

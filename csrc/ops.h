@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -64,7 +65,13 @@ constexpr const char* kSavedName = kSavesResult<Op> ? "result" : "x";
 // Forward:  Tensor (const Tensor& x, const Tensor& c0, ...)
 // Backward: Tensor (const Tensor& grad, const Tensor& v) without coefficients, else
 //           tuple<Tensor dx, Tensor dc0, ...> (const Tensor& grad, const Tensor& v, const Tensor&
-//           c0, ...)
+//           c0, ..., optional<array<bool, N + 1>> output_mask)
+//
+// output_mask says which results are wanted (all when absent), as torch's own backward operators
+// take one (convolution_backward): a result not wanted is not computed and comes back as zeros
+// (expanded from one element: no memory). Autograd passes which inputs need a gradient, so that
+// with x not requiring one (the tutorial's) no dx is written, and with coefficients that do not
+// (numbers, or frozen) no sums are taken.
 
 // (Struct members rather than alias templates: nvcc's front end drops an alias template's unused
 // parameter, and the packs below would then expand nothing.)
@@ -84,7 +91,13 @@ struct Signature<Op, std::index_sequence<I...>> {
   using BackwardResult =
       std::conditional_t<N == 0, at::Tensor, std::tuple<at::Tensor, typename Each<I>::Out...>>;
   using Forward = at::Tensor(const at::Tensor&, typename Each<I>::Arg...);
-  using Backward = BackwardResult(const at::Tensor&, const at::Tensor&, typename Each<I>::Arg...);
+  using Mask = std::array<bool, N + 1>;  // dx, then each coefficient's gradient
+  // As the operator takes it: any length, so that a wrong one is an error naming the op.
+  using OptionalMask = std::optional<c10::List<bool>>;
+  using Backward =
+      std::conditional_t<N == 0, BackwardResult(const at::Tensor&, const at::Tensor&),
+                         BackwardResult(const at::Tensor&, const at::Tensor&,
+                                        typename Each<I>::Arg..., const OptionalMask&)>;
   // (g, v, coefficients..., grad_dx, grad_dcoefficients...) -> their N + 2 gradients
   using SecondOrderResult = std::tuple<at::Tensor, at::Tensor, typename Each<I>::Out...>;
 
@@ -97,8 +110,8 @@ struct Signature<Op, std::index_sequence<I...>> {
     return {out[0], out[1], out[I + 2]...};
   }
 
-  // The operator kernels of a backend: Impl::forward(x, coefs) and Impl::backward(grad, v, coefs)
-  // -> std::array<Tensor, N + 1>, bound to the schema's signature.
+  // The operator kernels of a backend: Impl::forward(x, coefs) and Impl::backward(grad, v, coefs,
+  // wanted) -> std::array<Tensor, N + 1>, bound to the schema's signature.
   template <class Impl>
   static at::Tensor forward(const at::Tensor& x, typename Each<I>::Arg... c) {
     return Impl::forward(x, Coefs{c...});
@@ -110,10 +123,43 @@ struct Signature<Op, std::index_sequence<I...>> {
   static void inplace(const at::Tensor& x, typename Each<I>::Arg... c) {
     Impl::inplace(x, Coefs{c...});
   }
+  // Impl::backward(grad, v, coefs, wanted) bound to the backward operator's signature: with no
+  // coefficients there is no output_mask (the only result is wanted, or autograd would not ask).
+  template <class Impl>
+  static constexpr auto backward_kernel() {
+    if constexpr (N == 0) {
+      return &backward<Impl>;
+    } else {
+      return &backward_masked<Impl>;
+    }
+  }
   template <class Impl>
   static BackwardResult backward(const at::Tensor& grad, const at::Tensor& v,
                                  typename Each<I>::Arg... c) {
-    return pack(Impl::backward(grad, v, Coefs{c...}));
+    return pack(Impl::backward(grad, v, Coefs{c...}, all_wanted()));
+  }
+  template <class Impl>
+  static BackwardResult backward_masked(const at::Tensor& grad, const at::Tensor& v,
+                                        typename Each<I>::Arg... c, const OptionalMask& mask) {
+    return pack(Impl::backward(grad, v, Coefs{c...}, mask ? to_mask(*mask) : all_wanted()));
+  }
+  static Mask to_mask(const c10::List<bool>& list) {
+    TORCH_CHECK(list.size() == N + 1, OpName<Op>::kQualified, "_backward: 'output_mask' must have ",
+                N + 1, " entries (dx, then each coefficient's gradient), got ", list.size());
+    Mask m{};
+    for (int i = 0; i <= N; ++i) m[i] = list.get(i);
+    return m;
+  }
+  static c10::List<bool> to_list(const Mask& m) {
+    c10::List<bool> list;
+    list.reserve(N + 1);
+    for (bool b : m) list.push_back(b);
+    return list;
+  }
+  static constexpr Mask all_wanted() {
+    Mask m{};
+    for (bool& b : m) b = true;
+    return m;
   }
   static BackwardResult pack(std::array<at::Tensor, N + 1> out) {
     if constexpr (N == 0) {
@@ -139,7 +185,7 @@ void register_kernels(torch::Library& m) {
   using S = Signature<Op>;
   const std::string name = OpName<Op>::kName;
   m.impl(name.c_str(), &S::template forward<Kernels<Op>>);
-  m.impl((name + "_backward").c_str(), &S::template backward<Kernels<Op>>);
+  m.impl((name + "_backward").c_str(), S::template backward_kernel<Kernels<Op>>());
   if constexpr (kInplace<Op>) m.impl((name + "_").c_str(), &S::template inplace<Kernels<Op>>);
 }
 
@@ -161,13 +207,14 @@ std::string forward_schema(const std::string& name) {
   return s + ") -> Tensor";
 }
 
-// "cubic_backward(Tensor grad, Tensor x, Tensor a, ...) -> (Tensor, Tensor, ...)"
+// "cubic_backward(Tensor grad, Tensor x, Tensor a, ..., bool[]? output_mask=None)
+//  -> (Tensor, Tensor, ...)"
 template <class Op>
 std::string backward_schema(const std::string& name) {
   std::string s = name + "_backward(Tensor grad, Tensor " + kSavedName<Op>;
   for (const char* c : Op::kCoefs) s += std::string(", Tensor ") + c;
   if (kNumCoefs<Op> == 0) return s + ") -> Tensor";
-  s += ") -> (Tensor";
+  s += ", bool[]? output_mask=None) -> (Tensor";
   for (int i = 0; i < kNumCoefs<Op>; ++i) s += ", Tensor";
   return s + ")";
 }

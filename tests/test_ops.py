@@ -15,6 +15,7 @@ from conftest import (
     SIZES,
     TOLERANCES,
     assert_close,
+    bits,
     coefs,
     function,
     function_class,
@@ -22,6 +23,7 @@ from conftest import (
     randn,
 )
 from torch.autograd import gradcheck, gradgradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchext
 from torchext import reference
@@ -680,6 +682,20 @@ def op_samples(op, device):
     return samples
 
 
+def test_opcheck_output_mask(coef_op, device):
+    """The backward operator with an output_mask: Meta kernels, layouts (the unwanted results
+    expanded zeros) and its own backward checked as the rest."""
+    bwd = operator(coef_op, backward=True)
+    for shape, coef_shapes, requires_grad in [((3, 4), [(4,), ()], False),
+                                              ((2, 3, 4), [(3, 1)], False),
+                                              ((3, 4), [(4,), ()], True)]:
+        x = randn(*shape, dtype=torch.float64, device=device, requires_grad=requires_grad)
+        cs = coefs(coef_op, torch.float64, device, coef_shapes, requires_grad=requires_grad)
+        g = randn(*shape, dtype=torch.float64, device=device, requires_grad=requires_grad, seed=3)
+        for mask in ([False, True, False, True, True], [True] + [False] * len(cs)):
+            torch.library.opcheck(bwd, (g, x, *cs, mask))
+
+
 def test_opcheck(op, device):
     for target, args in op_samples(op, device):
         torch.library.opcheck(target, args)
@@ -714,3 +730,116 @@ def test_compile_fullgraph(op, fn, device, coef_shape):
     grads_e = torch.autograd.grad(y_e, [x, *cs], g)
     for a, b in zip(grads_c, grads_e, strict=True):
         torch.testing.assert_close(a, b)
+
+
+# ---- only the gradients wanted ---------------------------------------------------------------
+
+
+MASK_CASES = [((6, 1031), [()]), ((4, 9, 77), [(77,), ()]), ((3, 13, 9, 5), [(13, 1, 1)]),
+              ((4, 9, 8, 6), [(8, 1)]), ((2, 70000), [(2, 1), ()])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("mask", ["no dx", "dx only", "dx and one", "one"])
+def test_output_mask_computes_the_wanted_results_as_without_it(coef_op, device, dtype, mask):
+    """With output_mask the wanted results are bit for bit those of the full backward (one
+    element, per channel last and first, grouped, runs), the others zeros expanded from one
+    element: no memory written for them."""
+    n = len(coef_op.coefs)
+    wanted = {"no dx": [False] + [True] * n, "dx only": [True] + [False] * n,
+              "dx and one": [True, False, True] + [False] * (n - 2),
+              "one": [False] * n + [True]}[mask]
+    bwd = operator(coef_op, backward=True)
+    for shape, coef_shapes in MASK_CASES:
+        x = randn(*shape, dtype=dtype, device=device)
+        g = randn(*shape, dtype=dtype, device=device, seed=1)
+        cs = coefs(coef_op, dtype, device, coef_shapes, requires_grad=False)
+        full = bwd(g, x, *cs)
+        got = bwd(g, x, *cs, output_mask=wanted)
+        for i, (a, b, w) in enumerate(zip(got, full, wanted, strict=True)):
+            assert a.shape == b.shape and a.dtype == b.dtype, (shape, i)
+            if w:
+                assert torch.equal(bits(a), bits(b)), (shape, i)
+            else:
+                assert set(a.stride()) <= {0} and not a.any(), (shape, i)
+
+
+def test_output_mask_of_the_wrong_length_names_the_op(coef_op):
+    x = randn(3, 4)
+    with pytest.raises(RuntimeError, match=f"torchext.{coef_op.name}_backward: 'output_mask' "
+                                           f"must have {len(coef_op.coefs) + 1} entries"):
+        operator(coef_op, backward=True)(x, x, *coefs(coef_op, requires_grad=False),
+                                         output_mask=[True, False])
+
+
+class _BackwardMasks(TorchDispatchMode):
+    """The output_mask of every backward operator called under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.name().endswith("_backward"):
+            n = len(func._schema.arguments)
+            self.masks.append(kwargs.get("output_mask", args[n - 1] if len(args) == n else None))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("entry", ["function", "Function", "module"])
+@pytest.mark.parametrize("needs", ["x", "coefficients", "x and a", "all"])
+def test_autograd_asks_only_for_the_gradients_it_needs(coef_op, entry, needs):
+    """The backward operator is asked (output_mask) for the gradients of the inputs that require
+    them, and those are the eager expression's: no dx for an x that needs none (the tutorial's),
+    no sums for coefficients that need none (numbers, frozen parameters)."""
+    n = len(coef_op.coefs)
+    x_grad = needs != "coefficients"
+    coef_grads = {"x": [False] * n, "coefficients": [True] * n,
+                  "x and a": [True] + [False] * (n - 1), "all": [True] * n}[needs]
+    x = randn(4, 6, dtype=torch.float64, requires_grad=x_grad)
+    cs = [c.requires_grad_(r) for c, r in
+          zip(coefs(coef_op, torch.float64, shape=[(6,), ()]), coef_grads, strict=True)]
+    if entry == "function":
+        f = function(coef_op)
+    elif entry == "Function":
+        f = function_class(coef_op).apply
+    else:
+        module = getattr(torchext.nn, coef_op.cls)(6, dim=-1, dtype=torch.float64)
+        for p, c, r in zip(module.parameters(), cs, coef_grads, strict=True):
+            p.data.copy_(c.detach().expand(6))
+            p.requires_grad_(r)
+        cs = list(module.parameters())
+        f = lambda x, *_: module(x)  # noqa: E731
+    inputs = [t for t in (x, *cs) if t.requires_grad]
+    g = randn(4, 6, dtype=torch.float64, seed=2)
+    with _BackwardMasks() as seen:
+        got = torch.autograd.grad(f(x, *cs), inputs, g)
+    assert seen.masks == [[x_grad, *coef_grads]]
+    want = torch.autograd.grad(reference.EAGER[coef_op.name](x, *cs), inputs, g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("needs", ["x", "coefficients"])
+def test_double_backward_through_a_masked_backward(coef_op, coef_fn, needs):
+    """Second order through a backward that left results out (dx, or the coefficients'
+    gradients): gradgradcheck in the inputs that need a gradient, the others held."""
+    x = randn(3, 5, dtype=torch.float64)
+    cs = coefs(coef_op, torch.float64, shape=[(5,), ()], requires_grad=False)
+    if needs == "x":
+        assert gradgradcheck(lambda x: coef_fn(x, *cs), (x.requires_grad_(),))
+    else:
+        assert gradgradcheck(lambda *c: coef_fn(x, *c), tuple(c.requires_grad_() for c in cs))
+
+
+def test_backward_with_output_mask_is_differentiable(coef_op):
+    """gradcheck of the backward operator called with a mask: its results left out are zeros
+    whatever the inputs, so their gradients add nothing."""
+    bwd = operator(coef_op, backward=True)
+    g = randn(3, 5, dtype=torch.float64, requires_grad=True, seed=4)
+    x = randn(3, 5, dtype=torch.float64, requires_grad=True)
+    cs = coefs(coef_op, torch.float64, shape=[(5,), ()])
+    n = len(coef_op.coefs)
+    for mask in ([False] + [True] * n, [True, False] * (n // 2) + [True] * (n % 2 + 1)):
+        assert gradcheck(lambda *t, m=mask: bwd(*t, output_mask=m), (g, x, *cs))

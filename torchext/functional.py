@@ -315,12 +315,13 @@ def _batch_rule(op: OpDef, kinds_in, kinds_out, target, expand: bool):
     (it broadcasts), or, expand (where the results hold per-sample sums over it), is expanded.
     Results come back with the batch dim first, coefficient-shaped ones in their own shapes."""
 
-    def rule(info, in_dims, *args):
+    def rule(info, in_dims, *args, **kwargs):
         size = info.batch_size
         first = kinds_in.index("x")
         x_dim = args[first].dim() - (in_dims[first] is not None)
         shapes, phys = {}, []
-        for a, d, kind in zip(args, in_dims, kinds_in, strict=True):
+        # (A backward operator's output_mask, last, may be left out.)
+        for a, d, kind in zip(args, in_dims, kinds_in[:len(args)], strict=True):
             if kind == "x":
                 phys.append(_batched(a, d, size))
             elif not isinstance(a, Tensor) or (d is None and not expand):
@@ -329,7 +330,7 @@ def _batch_rule(op: OpDef, kinds_in, kinds_out, target, expand: bool):
                 a = _batched(a, d, size)
                 shapes[kind] = a.shape[1:]
                 phys.append(a.reshape(size, *([1] * (x_dim - a.dim() + 1)), *a.shape[1:]))
-        out = target(*phys)
+        out = target(*phys, **kwargs)
         if not isinstance(out, tuple):
             return out, 0
         out = tuple(o if kind == "x" else o.reshape(size, *shapes[kind])
@@ -341,11 +342,12 @@ def _batch_rule(op: OpDef, kinds_in, kinds_out, target, expand: bool):
 
 def _kinds(op: OpDef):
     """The argument kinds of the forward, backward and second-order operators, and of their
-    results (see _batch_rule)."""
+    results (see _batch_rule); "mask": the backward's output_mask (not a tensor)."""
     coefs = list(range(len(op.coefs)))
+    mask = ["mask"] if op.coefs else []
     return {
         "forward": (["x", *coefs], ["x"]),
-        "backward": (["x", "x", *coefs], ["x", *coefs]),
+        "backward": (["x", "x", *coefs, *mask], ["x", *coefs]),
         "second_order": (["x", "x", *coefs, "x", *coefs], ["x", "x", *coefs]),
     }
 
@@ -420,10 +422,13 @@ def _make_function_class(op: OpDef):
     def backward(ctx, grad):
         # The backward operator is differentiable by itself (in C++), except under torch.func:
         # then its Function.
-        backward = backward_fn.apply if _transformed() else backward_op
-        grads = backward(grad, *ctx.saved_tensors)
         if not op.coefs:
-            return grads
+            backward = backward_fn.apply if _transformed() else backward_op
+            return backward(grad, *ctx.saved_tensors)
+        if _transformed():
+            grads = backward_fn.apply(grad, *ctx.saved_tensors)
+        else:  # only the gradients wanted computed: no dx for an x that needs none, say
+            grads = backward_op(grad, *ctx.saved_tensors, output_mask=list(ctx.needs_input_grad))
         # None for the inputs that need no gradient (Python numbers among them).
         return tuple(g if need else None
                      for g, need in zip(grads, ctx.needs_input_grad, strict=True))

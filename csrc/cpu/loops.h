@@ -49,6 +49,34 @@ constexpr TileSizes kTileSizes{
     /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
     /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14};
 
+// What the backward loops take of an op besides its math: whether they write dx, and how many
+// sums they take (one per coefficient, or none). Op's own backward writes dx and takes them all;
+// Wanted<Op, dx, sums> (from ops.h's output_mask) may skip either.
+template <class Op, typename = void>
+constexpr bool kWritesDx = true;
+template <class Op>
+constexpr bool kWritesDx<Op, std::void_t<decltype(Op::kWritesDx)>> = Op::kWritesDx;
+template <class Op, typename = void>
+constexpr int kSums = kNumCoefs<Op>;
+template <class Op>
+constexpr int kSums<Op, std::void_t<decltype(Op::kSums)>> = Op::kSums;
+
+template <class Op, bool kDx, bool kAllSums>
+struct Wanted : Op {
+  static constexpr bool kWritesDx = kDx;
+  static constexpr int kSums = kAllSums ? kNumCoefs<Op> : 0;
+  // Op's backward, its terms dropped when no sums are taken (the compiler then drops their math,
+  // as it drops dx's where dx is not written).
+  template <typename T>
+  static T backward(T g, T x, const T* k, T* t) {
+    T terms[kNumCoefs<Op> > 0 ? kNumCoefs<Op> : 1];
+    const T dx = Op::backward(g, x, k, terms);
+    if constexpr (kAllSums)
+      for (int j = 0; j < kNumCoefs<Op>; ++j) t[j] = terms[j];
+    return dx;
+  }
+};
+
 // What a tile loop needs: the inputs, the output, the coefficients' values per slot, and where
 // its partial sums go.
 template <typename scalar_t, typename T>
@@ -227,7 +255,24 @@ void finish_sums(Call& call, const Tiling& tl, const T* partial) {
   }
 }
 
-// The CPU kernels of op Op: forward(x, coefs) -> y, backward(grad, v, coefs) -> {dx, dcoefs...}.
+// A backward over the call with the loops of OpV (Op, or a Wanted<Op, ...>).
+template <class OpV, typename scalar_t>
+void run_backward_of(Call& call) {
+  using T = compute_t<OpV, scalar_t>;
+  constexpr int S = kSums<OpV>;
+  const std::vector<T> table = coef_table<T>(call);
+  const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
+  // Every tile writes all of its partial sums: no zeroing needed.
+  const std::unique_ptr<T[]> partial(new T[S > 0 ? tiling.partials * S : 0]);
+  const Job<scalar_t, T> job{call.x,        call.g,     call.out.mutable_data_ptr<scalar_t>(),
+                             table.data(),  call.slots, tiling,
+                             partial.get(), false};
+  run_backward<OpV>(job);
+  if constexpr (S > 0) finish_sums(call, tiling, partial.get());
+}
+
+// The CPU kernels of op Op: forward(x, coefs) -> y, backward(grad, v, coefs, wanted) -> {dx,
+// dcoefs...}.
 template <class Op>
 struct Kernels {
   static constexpr int N = kNumCoefs<Op>;
@@ -261,25 +306,28 @@ struct Kernels {
     });
   }
 
+  // The results not wanted are not computed: without dx the loops write none, without any
+  // coefficient's gradient they take no sums (Wanted<Op, ...>).
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
-                                                const Coefs& coefs) {
-    Call call = prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
-                                 {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
-    if (call.numel > 0) {
+                                                const Coefs& coefs,
+                                                const std::array<bool, N + 1>& wanted) {
+    Call call =
+        prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
+                         {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>, wanted.data());
+    if (call.numel > 0 && (call.wants_dx() || call.wants_sums())) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "torchext", [&] {
-        using T = compute_t<Op, scalar_t>;
-        const std::vector<T> table = coef_table<T>(call);
-        const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
-        // Every tile writes all of its partial sums: no zeroing needed.
-        const std::unique_ptr<T[]> partial(new T[N > 0 ? tiling.partials * N : 0]);
-        const Job<scalar_t, T> job{call.x,        call.g,     call.out.mutable_data_ptr<scalar_t>(),
-                                   table.data(),  call.slots, tiling,
-                                   partial.get(), false};
-        run_backward<Op>(job);
-        if constexpr (N > 0) finish_sums(call, tiling, partial.get());
+        if constexpr (N == 0) {
+          run_backward_of<Op, scalar_t>(call);
+        } else if (!call.wants_sums()) {
+          run_backward_of<Wanted<Op, /*dx=*/true, /*sums=*/false>, scalar_t>(call);
+        } else if (!call.wants_dx()) {
+          run_backward_of<Wanted<Op, /*dx=*/false, /*sums=*/true>, scalar_t>(call);
+        } else {
+          run_backward_of<Op, scalar_t>(call);
+        }
       });
-      finish_backward(call);
     }
+    finish_backward(call);
     std::array<at::Tensor, N + 1> out;
     out[0] = call.out;
     for (int i = 0; i < N; ++i) out[i + 1] = call.grads[i];

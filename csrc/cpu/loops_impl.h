@@ -254,29 +254,30 @@ struct LaneSums {
   }
 };
 
-// dx[i] = op.backward(g[i], x[i]) for i < len, every element taking the coefficients k; the
-// terms summed to lanes (independent accumulators the compiler keeps in vector registers: lane l
-// adds the elements at offsets ≡ l mod kLanes) in two plain levels (kLaneBlock, kFlush), then into
-// the lanes' compensated sums.
-template <class Op, typename T, int N>
+// dx[i] = op.backward(g[i], x[i]) for i < len (where the op writes dx), every element taking
+// the coefficients k; the terms summed to lanes (independent accumulators the compiler keeps in
+// vector registers: lane l adds the elements at offsets ≡ l mod kLanes) in two plain levels
+// (kLaneBlock, kFlush), then into the lanes' compensated sums.
+template <class Op, typename T, int N = kNumCoefs<Op>, int S = kSums<Op>>
 void backward_span(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ dx,
-                   int64_t len, const T* k, LaneSums<T, N>& sums) {
+                   int64_t len, const T* k, LaneSums<T, S>& sums) {
   T kk[N > 0 ? N : 1];
   for (int j = 0; j < N; ++j) kk[j] = k[j];
-  if constexpr (N == 0) {
-    for (int64_t i = 0; i < len; ++i)
-      dx[i] = Op::backward(g[i], x[i], kk, static_cast<T*>(nullptr));
+  if constexpr (S == 0) {
+    T none[N > 0 ? N : 1];
+    for (int64_t i = 0; i < len; ++i) dx[i] = Op::backward(g[i], x[i], kk, none);
   } else {
     for (int64_t f = 0; f < len; f += kFlush) {
       for (int64_t b = f; b < std::min(len, f + kFlush); b += kLaneBlock) {
         const int64_t end = std::min(len, b + kLaneBlock);
         const int64_t full = b + (end - b) / kLanes * kLanes;
-        T acc[N][kLanes] = {};
+        T acc[S][kLanes] = {};
         for (int64_t i = b; i < full; i += kLanes) {
           for (int l = 0; l < kLanes; ++l) {
-            T terms[N];
-            dx[i + l] = Op::backward(g[i + l], x[i + l], kk, terms);
-            for (int j = 0; j < N; ++j) acc[j][l] += terms[j];
+            T terms[S];
+            const T d = Op::backward(g[i + l], x[i + l], kk, terms);
+            if constexpr (kWritesDx<Op>) dx[i + l] = d;
+            for (int j = 0; j < S; ++j) acc[j][l] += terms[j];
           }
         }
         sums.absorb(acc);
@@ -284,11 +285,12 @@ void backward_span(const T* __restrict__ g, const T* __restrict__ x, T* __restri
         // acc, indexed by constants only, then stays in registers (else gcc zeroes a copy of it
         // in memory every block).
         if (full < end) {
-          T rest[N][kLanes] = {};
+          T rest[S][kLanes] = {};
           for (int64_t i = full; i < end; ++i) {
-            T terms[N];
-            dx[i] = Op::backward(g[i], x[i], kk, terms);
-            for (int j = 0; j < N; ++j) rest[j][i - full] = terms[j];
+            T terms[S];
+            const T d = Op::backward(g[i], x[i], kk, terms);
+            if constexpr (kWritesDx<Op>) dx[i] = d;
+            for (int j = 0; j < S; ++j) rest[j][i - full] = terms[j];
           }
           sums.absorb(rest);
         }
@@ -300,7 +302,8 @@ void backward_span(const T* __restrict__ g, const T* __restrict__ x, T* __restri
 
 template <class Op, typename scalar_t, typename T>
 struct Tile {
-  static constexpr int N = kNumCoefs<Op>;
+  static constexpr int N = kNumCoefs<Op>;   // coefficients
+  static constexpr int S = kSums<Op>;       // sums: N, or none (no coefficient's gradient wanted)
   static constexpr int NC = N > 0 ? N : 1;  // array sizes
   const Job<scalar_t, T>& job;
 
@@ -479,13 +482,13 @@ struct Tile {
   // ---- backward ----
 
   // dx over a block whose elements all take the coefficients k; adds the block's terms to sums.
-  void backward_block(int64_t e, int64_t len, const T* kk, LaneSums<T, N>& sums) const {
+  void backward_block(int64_t e, int64_t len, const T* kk, LaneSums<T, S>& sums) const {
     T gbuf[kBlock], xbuf[kBlock], dbuf[kBlock];
     const T* gb = read<T, scalar_t>(job.g, e, len, gbuf);
     const T* xb = read<T, scalar_t>(job.x, e, len, xbuf);
     T* db = dest<T>(job.out, e, dbuf);
-    backward_span<Op, T, N>(gb, xb, db, len, kk, sums);
-    write<T>(job.out, e, db, len);
+    backward_span<Op, T>(gb, xb, db, len, kk, sums);
+    if constexpr (kWritesDx<Op>) write<T>(job.out, e, db, len);
   }
 
   // Whether the backward can run on the stored elements themselves: inputs dense and stored in
@@ -535,7 +538,7 @@ struct Tile {
     } else {
       columns<R>(g, gs, x, xs, d, ds, len, k, kstride, acc, astride);
     }
-    if constexpr (!kDirect)
+    if constexpr (!kDirect && kWritesDx<Op>)
       for (int r = 0; r < R; ++r) write<T>(job.out, e + r * W, dbuf[r], len);
   }
 
@@ -550,9 +553,11 @@ struct Tile {
     for (int64_t i = 0; i < len; ++i) {
       T kk[NC], terms[R][NC];
       for (int j = 0; j < N; ++j) kk[j] = k[j * kstride + i];
-      for (int r = 0; r < R; ++r)
-        d[r * ds + i] = Op::backward(g[r * gs + i], x[r * xs + i], kk, terms[r]);
-      for (int j = 0; j < N; ++j) {
+      for (int r = 0; r < R; ++r) {
+        const T dx = Op::backward(g[r * gs + i], x[r * xs + i], kk, terms[r]);
+        if constexpr (kWritesDx<Op>) d[r * ds + i] = dx;
+      }
+      for (int j = 0; j < S; ++j) {
         T sum = terms[0][j];
         for (int r = 1; r < R; ++r) sum += terms[r][j];
         acc[j * astride + i] += sum;
@@ -561,23 +566,25 @@ struct Tile {
   }
 
   // dx over elements [e, e + len) of one slot, taking the coefficients k; their terms into sums.
-  void backward_run(int64_t e, int64_t len, const T* k, LaneSums<T, N>& sums) const {
+  void backward_run(int64_t e, int64_t len, const T* k, LaneSums<T, S>& sums) const {
     if constexpr (std::is_same_v<T, scalar_t>) {
       if (in_place_inputs()) {
         const T* g = static_cast<const T*>(job.g.data);
         const T* x = static_cast<const T*>(job.x.data);
-        return backward_span<Op, T, N>(g + e, x + e, job.out + e, len, k, sums);
+        return backward_span<Op, T>(g + e, x + e, job.out + e, len, k, sums);
       }
     }
     for (int64_t i = 0; i < len; i += kBlock)
       backward_block(e + i, std::min(kBlock, len - i), k, sums);
   }
 
-  // Elements [b, e) of an op without coefficients (no sums), all in one slot.
+  // Elements [b, e), all in one slot, of a backward that takes no sums (an op without
+  // coefficients, or no coefficient's gradient wanted).
   void backward_flat(int64_t b, int64_t e) const {
-    static_assert(N == 0, "an op with coefficients keeps sums per tile");
+    static_assert(S == 0, "sums are kept per tile");
     T k[NC] = {};
-    LaneSums<T, N> none;
+    coefs_of_slot(0, k);
+    LaneSums<T, S> none;
     backward_run(b, e - b, k, none);
   }
 
@@ -589,11 +596,11 @@ struct Tile {
     if (tl.runs) {
       const Run r = run_of(t);
       T k[NC];
-      LaneSums<T, N> sums;
+      LaneSums<T, S> sums;
       coefs_of_slot(r.c, k);
       for (int64_t row = r.r0; row < r.r1; ++row)
         backward_run(row * tl.W + r.begin, r.len, k, sums);
-      for (int j = 0; j < N; ++j) job.partial[t * N + j] = sums.total(j);
+      for (int j = 0; j < S; ++j) job.partial[t * S + j] = sums.total(j);
       return;
     }
     const Cols c = cols_of(t);
@@ -603,7 +610,7 @@ struct Tile {
     // kRowsAtOnce rows at a time, each row's columns in order: memory in order, as the forward
     // walks it. Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
     // (sum, comp), each [N][ncols].
-    const int64_t rt = t / tl.col_tiles, C = job.slots.C, width = N * ncols;
+    const int64_t rt = t / tl.col_tiles, C = job.slots.C, width = S * ncols;
     std::vector<T>& scratch = ws.sums;
     if (scratch.size() < static_cast<size_t>(3 * width)) scratch.resize(3 * width);  // zeros
     T* acc = scratch.data();
@@ -613,10 +620,11 @@ struct Tile {
       const bool group = row + kRowsAtOnce <= c.r1;
       for (int64_t q = 0; q < ncols; q += kBlock) {
         const int64_t e = row * tl.W + c.c0 * P + q, len = std::min(kBlock, ncols - q);
+        T* const a = S > 0 ? acc + q : nullptr;
         if (group) {
-          backward_columns<kRowsAtOnce>(e, len, k + q, kstride, acc + q, ncols);
+          backward_columns<kRowsAtOnce>(e, len, k + q, kstride, a, ncols);
         } else {
-          backward_columns<1>(e, len, k + q, kstride, acc + q, ncols);
+          backward_columns<1>(e, len, k + q, kstride, a, ncols);
         }
       }
       row += group ? kRowsAtOnce : 1;
@@ -630,13 +638,14 @@ struct Tile {
     // The column totals: with P == 1 a column is a slot, straight into the row tile's partial
     // sums; else slot_sums adds each slot's P columns. Read, the sums are zeroed for the next
     // tile (acc is zero after the last join).
+    if constexpr (S == 0) return;
     if (P > 1) {
       slot_sums(c, rt, sum, comp, ws);
       std::fill(sum, sum + 2 * width, T(0));  // sum and comp
       return;
     }
-    for (int j = 0; j < N; ++j) {
-      T* __restrict__ to = job.partial + (rt * N + j) * C + c.c0;
+    for (int j = 0; j < S; ++j) {
+      T* __restrict__ to = job.partial + (rt * S + j) * C + c.c0;
       T* __restrict__ s = sum + j * ncols;
       T* __restrict__ cs = comp + j * ncols;
       for (int64_t i = 0; i < ncols; ++i) {
@@ -653,14 +662,14 @@ struct Tile {
     const int64_t P = job.slots.P, C = job.slots.C, ncols = (c.c1 - c.c0) * P;
     std::vector<T>& ssum = ws.slot_sum;
     std::vector<T>& scomp = ws.slot_comp;
-    for (int j = 0; j < N; ++j) {
+    for (int j = 0; j < S; ++j) {
       ssum.assign(c.c1 - c.c0, T(0));
       scomp.assign(c.c1 - c.c0, T(0));
       for (int64_t q = 0; q < P; ++q)
         for (int64_t s = 0; s < c.c1 - c.c0; ++s)
           kahan_add(ssum[s], scomp[s], sum[j * ncols + s * P + q] + comp[j * ncols + s * P + q]);
       for (int64_t s = 0; s < c.c1 - c.c0; ++s)
-        job.partial[(rt * N + j) * C + c.c0 + s] = ssum[s] + scomp[s];
+        job.partial[(rt * S + j) * C + c.c0 + s] = ssum[s] + scomp[s];
     }
   }
 };
@@ -701,7 +710,7 @@ void forward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
 template <class Op, typename scalar_t, typename T>
 void backward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   const Tile<Op, scalar_t, T> tile{job};
-  if constexpr (kNumCoefs<Op> == 0) {
+  if constexpr (kSums<Op> == 0) {
     if (job.slots.C == 1) return tile.backward_flat(b, e);
   }
   Workspace<T> ws;

@@ -577,10 +577,14 @@ struct Kernels {
     });
   }
 
+  // Every result is computed; those not wanted are then made zeros (finish_backward). Skipping
+  // their work, as the CPU kernels do, waits for a GPU to test it on.
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
-                                                const Coefs& coefs) {
-    Call call = prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
-                                 {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
+                                                const Coefs& coefs,
+                                                const std::array<bool, N + 1>& wanted) {
+    Call call =
+        prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
+                         {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>, wanted.data());
     if (call.numel > 0) {
       const c10::cuda::CUDAGuard guard(v.device());
       const int device = v.get_device();
@@ -599,6 +603,8 @@ struct Kernels {
         }
       });
       finish_backward(call);
+    } else {
+      finish_backward(call);  // the results not wanted, even when empty
     }
     std::array<at::Tensor, N + 1> out;
     out[0] = call.out;

@@ -65,13 +65,13 @@ constexpr const char* kSavedName = kSavesResult<Op> ? "result" : "x";
 // Forward:  Tensor (const Tensor& x, const Tensor& c0, ...)
 // Backward: Tensor (const Tensor& grad, const Tensor& v) without coefficients, else
 //           tuple<Tensor dx, Tensor dc0, ...> (const Tensor& grad, const Tensor& v, const Tensor&
-//           c0, ..., optional<array<bool, N + 1>> output_mask)
+//           c0, ..., const optional<List<bool>>& output_mask)
 //
 // output_mask says which results are wanted (all when absent), as torch's own backward operators
-// take one (convolution_backward): a result not wanted is not computed and comes back as zeros
-// (expanded from one element: no memory). Autograd passes which inputs need a gradient, so that
-// with x not requiring one (the tutorial's) no dx is written, and with coefficients that do not
-// (numbers, or frozen) no sums are taken.
+// take one (convolution_backward): a result not wanted comes back as zeros (expanded from one
+// element: no memory), and need not be computed (the CPU kernels skip it; the CUDA ones, not yet).
+// Autograd passes which inputs need a gradient, so that with x not requiring one (the tutorial's)
+// no dx is written, and with coefficients that do not (numbers, or frozen) no sums are taken.
 
 // (Struct members rather than alias templates: nvcc's front end drops an alias template's unused
 // parameter, and the packs below would then expand nothing.)

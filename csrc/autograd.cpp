@@ -164,14 +164,6 @@ std::array<Tensor, kNumCoefs<Op> + 1> call_backward(const Tensor& g, const Tenso
       std::tuple_cat(coefs, mask_args<Op>(wanted)));
 }
 
-// A mask as a number (bit i: result i wanted), for a context's saved_data.
-template <size_t M>
-int64_t mask_bits(const std::array<bool, M>& wanted) {
-  int64_t bits = 0;
-  for (size_t i = 0; i < M; ++i) bits |= int64_t{wanted[i]} << i;
-  return bits;
-}
-
 // ---- first order ------------------------------------------------------------------------------
 
 // y = op(x, coefficients...). Saves what the backward reads: x (or y), and the coefficients whose
@@ -240,15 +232,15 @@ struct BackwardFunction : torch::autograd::Function<Node> {
   static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& v,
                                const typename Signature<Op>::Mask& wanted, const Args&... coefs) {
     ctx->save_for_backward({g, v, coefs...});
-    ctx->saved_data["wanted"] = mask_bits(wanted);
+    ctx->saved_data["wanted"] = Signature<Op>::to_list(wanted);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto out = call_backward<Op>(g, v, std::tie(coefs...), wanted);
     return variable_list(out.begin(), out.end());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const int64_t wanted = ctx->saved_data["wanted"].toInt();
+    const auto wanted = Signature<Op>::to_mask(ctx->saved_data["wanted"].toBoolList());
     for (int i = 0; i <= N; ++i)
-      if (!(wanted >> i & 1)) grads[i] = at::zeros_like(grads[i]);
+      if (!wanted[i]) grads[i] = at::zeros_like(grads[i]);
     variable_list out = SecondOrder<Op>::grad(ctx->get_saved_variables(), grads);
     // Function::apply's inputs are (g, v, wanted, coefficients...): one gradient each.
     out.insert(out.begin() + 2, Tensor());

@@ -361,11 +361,12 @@ Call prepare_backward(const char* op, const at::Tensor& grad, const at::Tensor& 
   Span spans[kMaxCoefs];
   Call call = prepare(op, v, coefs, reads, v.scalar_type(), spans);
   for (int i = 0; wanted && i <= coefs.n; ++i) call.unwanted[i] = !wanted[i];
+  call.grads_zero = !call.wants_sums();
   const Block block = block_of(spans, coefs.n, v);
   for (int i = 0; i < coefs.n; ++i) {
     const at::Tensor& c = coefs.tensors[i];
     const auto options = c.options().device(v.device());
-    if (!call.wants_sums()) {  // no gradient is computed: each is its zeros, nothing allocated
+    if (call.grads_zero) {  // no gradient is computed: each is its zeros, nothing allocated
       call.grads[i] = not_wanted(c.sym_sizes(), options);
       continue;
     }
@@ -415,12 +416,11 @@ void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, 
 
 void finish_backward(Call& call) {
   for (int i = 0; i < call.ncoefs && call.numel > 0; ++i) {
-    if (call.unwanted[i + 1] || !call.wants_sums() || call.kernel_grads[i].is_same(call.grads[i]))
-      continue;
+    if (call.unwanted[i + 1] || call.kernel_grads[i].is_same(call.grads[i])) continue;
     call.grads[i].copy_(call.kernel_grads[i].sum_to_size(call.grads[i].sizes()));
   }
   if (call.unwanted[0]) call.out = not_wanted(call.out);
-  for (int i = 0; i < call.ncoefs && call.wants_sums(); ++i)  // (else zeros already)
+  for (int i = 0; i < call.ncoefs && !call.grads_zero; ++i)
     if (call.unwanted[i + 1]) call.grads[i] = not_wanted(call.grads[i]);
 }
 

@@ -75,8 +75,10 @@ struct Call {
   at::Tensor grads[kMaxCoefs], kernel_grads[kMaxCoefs];
   bool grad_per_slot[kMaxCoefs] = {};
   // Backward: the results not wanted (output_mask, ops.h): dx at 0, coefficient i's gradient at
-  // i + 1. The kernels need not compute them; finish_backward makes them zeros.
+  // i + 1. The kernels need not compute them; finish_backward makes them zeros. grads_zero: no
+  // gradient wanted, so prepare_backward made them all zeros (the kernels have none to write).
   bool unwanted[kMaxCoefs + 1] = {};
+  bool grads_zero = false;
   bool wants_dx() const { return !unwanted[0]; }
   bool wants_sums() const {
     for (int i = 0; i < ncoefs; ++i)

@@ -422,13 +422,14 @@ def _make_function_class(op: OpDef):
     def backward(ctx, grad):
         # The backward operator is differentiable by itself (in C++), except under torch.func:
         # then its Function.
-        if not op.coefs:
-            backward = backward_fn.apply if _transformed() else backward_op
-            return backward(grad, *ctx.saved_tensors)
         if _transformed():
             grads = backward_fn.apply(grad, *ctx.saved_tensors)
-        else:  # only the gradients wanted computed: no dx for an x that needs none, say
+        elif op.coefs:  # only the gradients wanted: no dx for an x that needs none, say
             grads = backward_op(grad, *ctx.saved_tensors, output_mask=list(ctx.needs_input_grad))
+        else:
+            return backward_op(grad, *ctx.saved_tensors)
+        if not op.coefs:
+            return grads
         # None for the inputs that need no gradient (Python numbers among them).
         return tuple(g if need else None
                      for g, need in zip(grads, ctx.needs_input_grad, strict=True))

@@ -577,16 +577,15 @@ struct Kernels {
     });
   }
 
-  // Every result is computed; those not wanted are then made zeros (finish_backward). Skipping
-  // their work, as the CPU kernels do, waits for a GPU to test it on.
+  // Every result is computed (prepared as all wanted); those not wanted are then made zeros by
+  // finish_backward. Skipping their work, as the CPU kernels do, waits for a GPU to test it on.
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
                                                 const Coefs& coefs,
                                                 const std::array<bool, N + 1>& wanted) {
-    Call call =
-        prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
-                         {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>, wanted.data());
+    Call call = prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
+                                 {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
+    const c10::cuda::CUDAGuard guard(v.device());
     if (call.numel > 0) {
-      const c10::cuda::CUDAGuard guard(v.device());
       const int device = v.get_device();
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "torchext", [&] {
@@ -602,10 +601,9 @@ struct Kernels {
           tiled_backward<scalar_t, T>(call, gp, sg, vp, sv, dx, device, stream);
         }
       });
-      finish_backward(call);
-    } else {
-      finish_backward(call);  // the results not wanted, even when empty
     }
+    for (int i = 0; i <= N; ++i) call.unwanted[i] = !wanted[i];
+    finish_backward(call);
     std::array<at::Tensor, N + 1> out;
     out[0] = call.out;
     for (int i = 0; i < N; ++i) out[i + 1] = call.grads[i];

@@ -53,6 +53,10 @@ def make_x(shape, dtype=torch.float32, device="cpu", layout=None, seed=None):
     if layout == "channels_last":
         base = randn(*shape, dtype=dtype, device=device, seed=seed)
         return base.contiguous(memory_format=torch.channels_last).requires_grad_()
+    if layout == "nhcw":  # [N, C, H, W] laid out as [N, H, C, W]: H and W apart in memory
+        n, c, h, w = shape
+        base = randn(n, h, c, w, dtype=dtype, device=device, requires_grad=True, seed=seed)
+        return base.permute(0, 2, 1, 3)
     if layout == "t":  # transposed: x = base.t()
         return randn(*shape[::-1], dtype=dtype, device=device, requires_grad=True, seed=seed).t()
     if layout == "expand":  # x = base.expand(...) from one row
@@ -81,6 +85,9 @@ COEF_CASES = {
     "x's own shape": ((3, 4, 5), [(3, 4, 5)], None),
     "two blocks": ((2, 3, 4, 5), [(3, 1, 5), (5,)], None),  # expanded to their union
     "transposed x": ((8, 6), [(6,)], "t"),
+    # Blocks that x's memory order splits or reverses (the result is then row-major).
+    "block split in memory": ((2, 3, 4, 5), [(4, 5)], "nhcw"),
+    "block reversed in memory": ((8, 6), [(8, 6)], "t"),
     "expanded x": ((4, 8), [(8,)], "expand"),
     "sliced x": ((4, 8), [(8,)], "slice"),
 }
@@ -197,6 +204,7 @@ LAYOUTS = {
     "sliced": lambda t: t[:, ::2, :, 1:],
     "expanded": lambda t: t[:, :1].expand(-1, 4, -1, -1),
     "size-1 dims": lambda t: t[:1, :, :1],
+    "empty, transposed": lambda t: t[:, :, :0].transpose(1, 3),
 }
 
 
@@ -247,6 +255,23 @@ def test_zero_dim(op, fn, device, dtype):
     check_against_reference(op, fn, x, coefs(op, dtype, device), dtype)
 
 
+def test_more_strided_dims_than_a_kernel_walks(op, fn, device):
+    """x and the gradient with 18 dims that merge with none beside them (a broadcast dim between
+    each two of x's own): more than a kernel walks (kMaxDims, 16), so they are read through a
+    copy; as the contiguous x gives."""
+    n = 18
+    base = randn(1 << (n // 2), dtype=torch.float64, device=device)
+    strides = [0 if d % 2 else 1 << (n // 2 - 1 - d // 2) for d in range(n)]
+    x = base.as_strided((2,) * n, strides).requires_grad_()
+    g = base.flip(0).as_strided((2,) * n, strides)
+    cs = coefs(op, torch.float64, device, [(2,) * (n // 2)] if op.coefs else ())
+    x_contig = x.detach().contiguous().requires_grad_()
+    got = torch.autograd.grad(fn(x, *cs), [x, *cs], g)
+    want = torch.autograd.grad(fn(x_contig, *cs), [x_contig, *cs], g.contiguous())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_nan_in_nan_out(op, fn, device):
     x = randn(10, device=device)
     x[3] = float("nan")
@@ -294,6 +319,29 @@ def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_sha
         err_torch.append((columns.sum(dim=0).double() - exact).abs() / magnitude)
     ours_mean, torch_mean = torch.cat(err_ours).mean(), torch.cat(err_torch).mean()
     assert ours_mean <= torch_mean, (ours_mean.item(), torch_mean.item())
+
+
+@pytest.mark.parametrize("case", ["one-element (1,)", "per channel [B, L, C]",
+                                  "per channel [N, C, H, W]", "per group [B, L, G, C/G]",
+                                  "long runs"])
+def test_an_infinite_term_keeps_its_sum_infinite(coef_op, device, dtype, case):
+    """A coefficient gradient whose terms hold one infinity is that infinity, as torch.sum of the
+    terms gives it: the compensated sums must not turn it into NaN (inf - inf in the rounding
+    error they keep). (Not eager autograd's gradient: it adds P3's two paths, +inf and -inf.)"""
+    shape, coef_shapes, layout = COEF_CASES[case]
+    x = make_x(shape, dtype, device, layout)
+    cs = coefs(coef_op, dtype, device, coef_shapes)
+    g = randn(*shape, dtype=dtype, device=device, seed=1)
+    g.view(-1)[g.numel() // 3] = math.inf
+    ours = torch.autograd.grad(coef_op_call(coef_op, x, cs), cs, g)
+    # The terms themselves: the gradients of the same values, one per element.
+    per_element = [c.detach().expand(shape).contiguous().requires_grad_() for c in cs]
+    terms = torch.autograd.grad(coef_op_call(coef_op, x, per_element), per_element, g)
+    for got, t, c in zip(ours, terms, cs, strict=True):
+        want = t.double().sum_to_size(c.shape)
+        assert want.isinf().any() and not want.isnan().any()  # the case has one to keep
+        assert torch.equal(got.isinf(), want.isinf()), (got, want)
+        assert torch.equal(got[got.isinf()].double(), want[want.isinf()])
 
 
 # ---- autograd checks -----------------------------------------------------------------------------

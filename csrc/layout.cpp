@@ -440,7 +440,8 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
   if (t.runs) {
     t.seg = std::min(sizes.seg, P);
     t.segs = ceil_div(P, t.seg);
-    t.rows_per_tile = std::clamp<int64_t>(sizes.target / t.seg, 1, t.rows);
+    t.rows_per_tile =
+        std::clamp<int64_t>(sizes.target / t.seg, 1, std::min(sizes.run_rows, t.rows));
     t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
     t.tiles = t.row_tiles * C * t.segs;
     t.partials = t.tiles;

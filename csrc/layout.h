@@ -122,7 +122,8 @@ void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, 
 // ---- tiles of the backward's sums --------------------------------------------------------------
 // The elements, in memory order, are rows × W with W = C·P: a row holds every slot once, each as
 // a run of P elements. Either
-//   runs:    a tile is rows [r0, r1) of one segment of one slot's run (long runs, C == 1 too):
+//   runs:    a tile is rows [r0, r1) of one segment of one slot's run (long runs, C == 1 too;
+//            at most run_rows rows):
 //            tile t = (row tile · C + slot) · segs + segment; its partial sums: [N] at t·N
 //   columns: a tile is rows [r0, r1) of the columns of slots_per_tile whole slots (short runs);
 //            its partial sums: [N][C] at row tile·N·C, the tile's slots in place.
@@ -143,6 +144,7 @@ struct TileSizes {
   int64_t cols;      // most columns in a column tile (whole slots)
   int64_t min_rows;  // fewest rows in a column tile (when there are as many)
   int64_t max_rows;  // most rows in a column tile
+  int64_t run_rows;  // most rows of a run in one tile (1: the tiles lie in memory order)
 };
 
 Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes);

@@ -292,6 +292,30 @@ def test_backward_deterministic(op, fn, device, coef_shape):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("mask", ["all", "no dx", "no sums"])
+def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, dtype, mask):
+    """Past kStreamBytes of data (csrc/cpu/loops.h) a channels-last backward runs its column
+    tiles a strip at a time, prefetching ahead (strips, csrc/cpu/loops_impl.h). Its results are
+    bit for bit those of the loop it stands in for (columns), which a gradient read through a
+    copy (strided, so never taken in place) still takes: 1030 columns (a strip's tail), 1501
+    rows (a tile's rows not a multiple of four)."""
+    n = len(coef_op.coefs)
+    wanted = {"all": None, "no dx": [False] + [True] * n, "no sums": [True] + [False] * n}[mask]
+    shape = (1501, 1030)
+    x = randn(*shape, dtype=dtype)
+    g = randn(*shape, dtype=dtype, seed=1)
+    assert 3 * g.numel() * g.element_size() > 16 << 20  # beyond kStreamBytes
+    g_strided = torch.empty(shape[0], shape[1] + 3, dtype=dtype)[:, : shape[1]].copy_(g)
+    cs = coefs(coef_op, dtype, "cpu", [(shape[1],), (), (shape[1],), (1, shape[1])],
+               requires_grad=False)
+    bwd = operator(coef_op, backward=True)
+    streamed = bwd(g, x, *cs, output_mask=wanted)
+    cached = bwd(g_strided, x, *cs, output_mask=wanted)
+    for i, (a, b) in enumerate(zip(streamed, cached, strict=True)):
+        assert torch.equal(bits(a), bits(b)), i
+
+
 @pytest.mark.parametrize(
     "shape, coef_shape",
     [((1 << 20,), ()), ((256, 4096), (4096,)), ((4096, 256), (256,))],

@@ -42,12 +42,21 @@ namespace cpu {
 // (a lane-wise loop vectorizes without -ffast-math reassociation).
 constexpr int kLanes = 16;
 
-// Tiles: ~16K elements, runs cut into segments of 4K (the unit of a backward's partial sums, and
-// what a thread takes whole: a thread's tiles end within half a segment of where torch would end
-// its range); runs of 256 elements or more are tiled as runs.
-constexpr TileSizes kTileSizes{
-    /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
-    /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14};
+// Tiles: column tiles of ~16K elements; runs of 256 elements or more tiled as runs, cut into
+// segments of 4K (the unit of a backward's partial sums, and what a thread takes whole: a thread's
+// tiles end within half a segment of where torch would end its range), one row's segment a tile,
+// so that the tiles lie in memory order: a tile of several rows' runs of one slot jumped from row
+// to row, which cost a channels-first backward up to 1.6x (bfloat16) and 3x (runs of 256) the
+// one-element time (benchmarks/NOTES.md §20).
+constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
+                               /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14,
+                               /*run_rows=*/1};
+
+// A backward whose inputs and output together exceed this many bytes finds them in memory, not in
+// the caches, and its column tiles prefetch ahead (loops_impl.h's strips). On the development
+// machine (32 MB of last-level cache) the two ways ran alike from 16 to 32 MB; below, prefetching
+// cost up to a third more, above it saved up to two fifths (benchmarks/NOTES.md §20).
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
 // What the backward loops take of an op besides its math: whether they write dx, and how many
 // sums they take (one per coefficient, or none). Op's own backward writes dx and takes them all;
@@ -77,6 +86,35 @@ struct Wanted : Op {
   }
 };
 
+// A strip: 64 bytes of T (a cache line) as two 32-byte values of GNU C's vector extension (an
+// AVX2 register each; a 64-byte value has no register there, and gcc moved it through memory),
+// with the arithmetic the ops' math uses, so that an op's backward<T> runs on it unchanged.
+// Defined here, outside the ISA copies: defined in the AVX2 copy, its operators could not inline
+// into math.h's functions (compiled for the baseline), and each became a call.
+template <typename T>
+struct Strip {
+  static constexpr int kSize = 64 / sizeof(T);
+  typedef T Reg __attribute__((vector_size(32)));
+  Reg lo, hi;
+  Strip() = default;
+  Strip(Reg l, Reg h) : lo(l), hi(h) {}
+  template <typename U, typename = std::enable_if_t<std::is_arithmetic_v<U>>>
+  Strip(U s) : lo(Reg{} + static_cast<T>(s)), hi(lo) {}
+  static Strip load(const T* p) {
+    Strip r;
+    std::memcpy(&r.lo, p, sizeof r.lo);
+    std::memcpy(&r.hi, p + kSize / 2, sizeof r.hi);
+    return r;
+  }
+  void store(T* p) const {
+    std::memcpy(p, &lo, sizeof lo);
+    std::memcpy(p + kSize / 2, &hi, sizeof hi);
+  }
+  friend Strip operator+(Strip a, Strip b) { return {a.lo + b.lo, a.hi + b.hi}; }
+  friend Strip operator-(Strip a, Strip b) { return {a.lo - b.lo, a.hi - b.hi}; }
+  friend Strip operator*(Strip a, Strip b) { return {a.lo * b.lo, a.hi * b.hi}; }
+};
+
 // What a tile loop needs: the inputs, the output, the coefficients' values per slot, and where
 // its partial sums go.
 template <typename scalar_t, typename T>
@@ -86,8 +124,9 @@ struct Job {
   const T* table;  // [N][C]: coefficient j's value in slot c at j * C + c
   Slots slots;
   Tiling tiling;
-  T* partial;    // backward: the tiles' partial sums (layout.h)
-  bool inplace;  // forward: out is x's own memory
+  T* partial;           // backward: the tiles' partial sums (layout.h)
+  bool inplace;         // forward: out is x's own memory
+  bool stream = false;  // backward: beyond the caches (kStreamBytes), column tiles prefetch ahead
 };
 
 // What a thread's column tiles keep from tile to tile (loops_impl.h), so that a tile allocates
@@ -264,9 +303,10 @@ void run_backward_of(Call& call) {
   const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
   // Every tile writes all of its partial sums: no zeroing needed.
   const std::unique_ptr<T[]> partial(new T[S > 0 ? tiling.partials * S : 0]);
-  const Job<scalar_t, T> job{call.x,        call.g,     call.out.mutable_data_ptr<scalar_t>(),
-                             table.data(),  call.slots, tiling,
-                             partial.get(), false};
+  const Job<scalar_t, T> job{
+      call.x,        call.g,     call.out.mutable_data_ptr<scalar_t>(),
+      table.data(),  call.slots, tiling,
+      partial.get(), false,      call.numel * 3 * int64_t{sizeof(scalar_t)} > kStreamBytes};
   run_backward<OpV>(job);
   if constexpr (S > 0) finish_sums(call, tiling, partial.get());
 }

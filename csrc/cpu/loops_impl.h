@@ -106,6 +106,32 @@ inline void narrow(const float* __restrict__ src, c10::Half* dst, int64_t n) {
 }
 #endif
 
+// ---- prefetching -------------------------------------------------------------------------------
+// The cache line of element p[offset], for reading or for writing. It may lie past the array's end
+// (a prefetch never faults), so the address is computed as an integer.
+template <typename T>
+inline void prefetch(const T* p, int64_t offset) {
+  __builtin_prefetch(
+      reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + offset * sizeof(T)));
+}
+
+template <typename T>
+inline void prefetch_for_write(T* p, int64_t offset) {
+  __builtin_prefetch(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) + offset * sizeof(T)),
+                     1);
+}
+
+// The cache lines of elements p[offset], ..., p[offset + n - 1].
+template <typename T>
+inline void prefetch_lines(const T* p, int64_t offset, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / sizeof(T)) prefetch(p, offset + i);
+}
+
+template <typename T>
+inline void prefetch_lines_for_write(T* p, int64_t offset, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / sizeof(T)) prefetch_for_write(p, offset + i);
+}
+
 // ---- reading inputs -------------------------------------------------------------------------
 
 // Converts n stored values to the compute type T (the same type: a copy).
@@ -450,22 +476,29 @@ struct Tile {
     for (int64_t i = 0; i < len; i += kBlock) forward_block(e + i, std::min(kBlock, len - i), k, 0);
   }
 
-  // Elements [b, e) where all take the same coefficients (one slot): no tiles needed.
+  // Elements [b, e) in memory order, where each slot's elements lie in runs (one slot: one run),
+  // each run's piece taking its slot's coefficients. A forward keeps no sums, so it needs no tiles:
+  // walked tile by tile (a slot's run in several rows, then the next slot's), the elements came in
+  // an order the prefetchers follow worse, and a channels-first bfloat16 forward took twice the
+  // one-element time (benchmarks/NOTES.md §20).
   void forward_flat(int64_t b, int64_t e) const {
     T k[NC];
-    coefs_of_slot(0, k);
-    forward_run(b, e - b, k);
+    const int64_t C = job.slots.C, P = job.slots.P;
+    if (C == 1) {
+      coefs_of_slot(0, k);
+      return forward_run(b, e - b, k);
+    }
+    for (int64_t i = b; i < e;) {
+      const int64_t run = i / P, end = std::min(e, (run + 1) * P);
+      coefs_of_slot(run % C, k);
+      forward_run(i, end - i, k);
+      i = end;
+    }
   }
 
+  // Column tile t (runs go flat: forward_flat).
   void forward(int64_t t, Workspace<T>& ws) const {
     const Tiling& tl = job.tiling;
-    if (tl.runs) {
-      const Run r = run_of(t);
-      T k[NC];
-      coefs_of_slot(r.c, k);
-      for (int64_t row = r.r0; row < r.r1; ++row) forward_run(row * tl.W + r.begin, r.len, k);
-      return;
-    }
     const Cols c = cols_of(t);
     const int64_t ncols = (c.c1 - c.c0) * job.slots.P;
     int64_t kstride;
@@ -499,9 +532,10 @@ struct Tile {
   }
 
   // R rows of operand o's len elements from flat index e on (rows W apart), in T: a pointer and
-  // its row stride, into o itself where it is dense and stored in T, else into buf.
+  // its row stride, into o itself where it is dense and stored in T, else into buf (prefetching
+  // the same elements of the next R rows first where stream: see strips).
   template <int R>
-  static const T* read_rows(const Operand& o, int64_t e, int64_t W, int64_t len,
+  static const T* read_rows(const Operand& o, int64_t e, int64_t W, int64_t len, bool stream,
                             T (&buf)[R][kBlock], int64_t* stride) {
     if constexpr (std::is_same_v<T, scalar_t>) {
       if (o.kind == Operand::kDense) {
@@ -509,7 +543,11 @@ struct Tile {
         return static_cast<const T*>(o.data) + e;
       }
     }
-    for (int r = 0; r < R; ++r) read<T, scalar_t>(o, e + r * W, len, buf[r]);
+    for (int r = 0; r < R; ++r) {
+      if (stream && o.kind == Operand::kDense)
+        prefetch_lines(static_cast<const scalar_t*>(o.data) + e + r * W, R * W, len);
+      read<T, scalar_t>(o, e + r * W, len, buf[r]);
+    }
     *stride = kBlock;
     return buf[0];
   }
@@ -524,8 +562,8 @@ struct Tile {
     const int64_t W = job.tiling.W;
     T gbuf[R][kBlock], xbuf[R][kBlock], dbuf[R][kBlock];
     int64_t gs, xs;
-    const T* __restrict__ g = read_rows<R>(job.g, e, W, len, gbuf, &gs);
-    const T* __restrict__ x = read_rows<R>(job.x, e, W, len, xbuf, &xs);
+    const T* __restrict__ g = read_rows<R>(job.g, e, W, len, job.stream, gbuf, &gs);
+    const T* __restrict__ x = read_rows<R>(job.x, e, W, len, job.stream, xbuf, &xs);
     constexpr bool kDirect = std::is_same_v<T, scalar_t>;  // dx computed in the output itself
     T* __restrict__ d = dest<T>(job.out, e, dbuf[0]);
     const int64_t ds = kDirect ? W : kBlock;
@@ -533,17 +571,25 @@ struct Tile {
     // the sums' rows (one column tile of P == 1 slots): one stride each, which lets gcc keep the
     // loop's addresses in fewer registers (callgrind, cubic channels last: 5% fewer instructions
     // in the backward; benchmarks/NOTES.md §15).
-    if (gs == W && xs == W && ds == W && kstride == astride) {
+    const bool in_place = gs == W && xs == W && ds == W;
+    if constexpr (kDirect && N > 0) {
+      if (in_place && job.stream) return strips<R>(g, W, x, W, d, W, len, k, kstride, acc, astride);
+    }
+    if (in_place && kstride == astride) {
       columns<R>(g, W, x, W, d, W, len, k, kstride, acc, kstride);
     } else {
       columns<R>(g, gs, x, xs, d, ds, len, k, kstride, acc, astride);
     }
-    if constexpr (!kDirect && kWritesDx<Op>)
-      for (int r = 0; r < R; ++r) write<T>(job.out, e + r * W, dbuf[r], len);
+    if constexpr (!kDirect && kWritesDx<Op>) {
+      for (int r = 0; r < R; ++r) {
+        if (job.stream) prefetch_lines_for_write(job.out + e + r * W, R * W, len);
+        write<T>(job.out, e + r * W, dbuf[r], len);
+      }
+    }
   }
 
-  // The loop of backward_columns: row r of g at g + r * gs (so for x, d), coefficient j's values
-  // at k + j * kstride (so for the sums, acc).
+  // The loop of backward_columns in the caches: row r of g at g + r * gs (so for x, d),
+  // coefficient j's values at k + j * kstride (so for the sums, acc).
   template <int R>
   static void columns(const T* __restrict__ g, int64_t gs, const T* __restrict__ x, int64_t xs,
                       T* __restrict__ d, int64_t ds, int64_t len, const T* __restrict__ k,
@@ -563,6 +609,46 @@ struct Tile {
         acc[j * astride + i] += sum;
       }
     }
+  }
+
+  // The same sums in the same order (bit for bit columns'), for rows beyond the caches: a strip
+  // of columns (a cache line of each row) at a time, down the R rows with its sums in registers,
+  // each strip first prefetching itself in the next R rows. Four rows read in turn are more
+  // streams than the hardware prefetchers follow: there columns ran a channels-last backward at
+  // twice the one-element time, this at ~1.2 (benchmarks/NOTES.md §20). In the caches the
+  // prefetches cost more than they save. The last columns (less than a strip) go to columns.
+  template <int R>
+  static void strips(const T* __restrict__ g, int64_t gs, const T* __restrict__ x, int64_t xs,
+                     T* __restrict__ d, int64_t ds, int64_t len, const T* __restrict__ k,
+                     int64_t kstride, T* __restrict__ acc, int64_t astride) {
+    using V = Strip<T>;
+    int64_t i = 0;
+    for (; i + V::kSize <= len; i += V::kSize) {
+      for (int r = R; r < 2 * R; ++r) {
+        prefetch(g + i, r * gs);
+        prefetch(x + i, r * xs);
+        prefetch_for_write(d + i, r * ds);
+      }
+      V kk[NC], sum[NC];
+      for (int j = 0; j < N; ++j) kk[j] = V::load(k + j * kstride + i);
+      const V dx = Op::backward(V::load(g + i), V::load(x + i), kk, sum);  // row 0's terms
+      if constexpr (kWritesDx<Op>) dx.store(d + i);
+      const T* gr = g + i;
+      const T* xr = x + i;
+      T* dr = d + i;
+      // Not unrolled: unrolled, it ran slower.
+#pragma GCC unroll 1
+      for (int r = 1; r < R; ++r) {
+        gr += gs, xr += xs, dr += ds;
+        V terms[NC];
+        const V dxr = Op::backward(V::load(gr), V::load(xr), kk, terms);
+        if constexpr (kWritesDx<Op>) dxr.store(dr);
+        for (int j = 0; j < S; ++j) sum[j] = sum[j] + terms[j];
+      }
+      for (int j = 0; j < S; ++j)
+        (V::load(acc + j * astride + i) + sum[j]).store(acc + j * astride + i);
+    }
+    columns<R>(g + i, gs, x + i, xs, d + i, ds, len - i, k + i, kstride, acc + i, astride);
   }
 
   // dx over elements [e, e + len) of one slot, taking the coefficients k; their terms into sums.
@@ -700,7 +786,7 @@ void sum_partials(const Tiling& tl, int N, int64_t C, const T* partial, int64_t 
 template <class Op, typename scalar_t, typename T>
 void forward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   const Tile<Op, scalar_t, T> tile{job};
-  if (job.slots.C == 1) return tile.forward_flat(b, e);
+  if (job.tiling.runs) return tile.forward_flat(b, e);
   Workspace<T> ws;
   for (int64_t t = tile.first_tile_from(b), end = tile.first_tile_from(e); t < end; ++t)
     tile.forward(t, ws);

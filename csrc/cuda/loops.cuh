@@ -466,11 +466,12 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- drivers ----------------------------------------------------------------------------------
 
-// Tiles for the tile kernels: ~16K elements; runs of 1024 elements or more tiled as runs; column
-// tiles of at most kMaxTileCols columns, 256 rows (each thread adds at most that many terms).
-constexpr TileSizes kTileSizes{
-    /*target=*/1 << 14,    /*min_run=*/1024, /*seg=*/1 << 12,
-    /*cols=*/kMaxTileCols, /*min_rows=*/1,   /*max_rows=*/256};
+// Tiles for the tile kernels: ~16K elements (a block's work, several rows of a run's segment too);
+// runs of 1024 elements or more tiled as runs; column tiles of at most kMaxTileCols columns, 256
+// rows (each thread adds at most that many terms).
+constexpr TileSizes kTileSizes{/*target=*/1 << 14,    /*min_run=*/1024, /*seg=*/1 << 12,
+                               /*cols=*/kMaxTileCols, /*min_rows=*/1,   /*max_rows=*/256,
+                               /*run_rows=*/256};
 
 // An input as the kernels read it: its pointer and stride (1, or 0 when expanded from one
 // element). Other strides: a copy in the result's layout, kept alive in *copy.

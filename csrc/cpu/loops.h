@@ -45,17 +45,16 @@ constexpr int kLanes = 16;
 // Tiles: column tiles of ~16K elements; runs of 256 elements or more tiled as runs, cut into
 // segments of 4K (the unit of a backward's partial sums, and what a thread takes whole: a thread's
 // tiles end within half a segment of where torch would end its range), one row's segment a tile,
-// so that the tiles lie in memory order: a tile of several rows' runs of one slot jumped from row
-// to row, which cost a channels-first backward up to 1.6x (bfloat16) and 3x (runs of 256) the
-// one-element time (benchmarks/NOTES.md §20).
+// so that the tiles lie in memory order (tiles of several rows of one slot's run jumped from row
+// to row, which the prefetchers followed worse: benchmarks/NOTES.md §20).
 constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
                                /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14,
                                /*run_rows=*/1};
 
-// A backward whose inputs and output together exceed this many bytes finds them in memory, not in
-// the caches, and its column tiles prefetch ahead (loops_impl.h's strips). On the development
-// machine (32 MB of last-level cache) the two ways ran alike from 16 to 32 MB; below, prefetching
-// cost up to a third more, above it saved up to two fifths (benchmarks/NOTES.md §20).
+// A backward whose inputs and output together exceed this many bytes reads them from memory, not
+// from the caches, and its column tiles prefetch ahead (loops_impl.h's strips): there the
+// prefetches save more than they cost, in the caches the reverse. 16 MB: about where the two
+// crossed on the development machine, with 32 MB of last-level cache (benchmarks/NOTES.md §20).
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
 // What the backward loops take of an op besides its math: whether they write dx, and how many

@@ -477,10 +477,9 @@ struct Tile {
   }
 
   // Elements [b, e) in memory order, where each slot's elements lie in runs (one slot: one run),
-  // each run's piece taking its slot's coefficients. A forward keeps no sums, so it needs no tiles:
-  // walked tile by tile (a slot's run in several rows, then the next slot's), the elements came in
-  // an order the prefetchers follow worse, and a channels-first bfloat16 forward took twice the
-  // one-element time (benchmarks/NOTES.md §20).
+  // each run's piece taking its slot's coefficients. A forward keeps no sums, so it needs no tiles
+  // (walked tile by tile, a slot's run in several rows and then the next slot's, the elements came
+  // in an order the prefetchers followed worse: benchmarks/NOTES.md §20).
   void forward_flat(int64_t b, int64_t e) const {
     T k[NC];
     const int64_t C = job.slots.C, P = job.slots.P;
@@ -613,10 +612,10 @@ struct Tile {
 
   // The same sums in the same order (bit for bit columns'), for rows beyond the caches: a strip
   // of columns (a cache line of each row) at a time, down the R rows with its sums in registers,
-  // each strip first prefetching itself in the next R rows. Four rows read in turn are more
-  // streams than the hardware prefetchers follow: there columns ran a channels-last backward at
-  // twice the one-element time, this at ~1.2 (benchmarks/NOTES.md §20). In the caches the
-  // prefetches cost more than they save. The last columns (less than a strip) go to columns.
+  // each strip first prefetching its lines in the next R rows. Four rows read in turn are more
+  // streams than the hardware prefetchers follow: out of the caches columns took twice the
+  // one-element loop's time (benchmarks/NOTES.md §20). The last columns (less than a strip) go to
+  // columns.
   template <int R>
   static void strips(const T* __restrict__ g, int64_t gs, const T* __restrict__ x, int64_t xs,
                      T* __restrict__ d, int64_t ds, int64_t len, const T* __restrict__ k,

@@ -298,8 +298,8 @@ def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, d
     """Past kStreamBytes of data (csrc/cpu/loops.h) a channels-last backward runs its column
     tiles a strip at a time, prefetching ahead (strips, csrc/cpu/loops_impl.h). Its results are
     bit for bit those of the loop it stands in for (columns), which a gradient read through a
-    copy (strided, so never taken in place) still takes: 1030 columns (a strip's tail), 1501
-    rows (a tile's rows not a multiple of four)."""
+    copy (strided, so never taken in place) still takes, with any number of threads: 1030
+    columns (a strip's tail), 1501 rows (a tile's rows not a multiple of four)."""
     n = len(coef_op.coefs)
     wanted = {"all": None, "no dx": [False] + [True] * n, "no sums": [True] + [False] * n}[mask]
     shape = (1501, 1030)
@@ -312,8 +312,14 @@ def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, d
     bwd = operator(coef_op, backward=True)
     streamed = bwd(g, x, *cs, output_mask=wanted)
     cached = bwd(g_strided, x, *cs, output_mask=wanted)
-    for i, (a, b) in enumerate(zip(streamed, cached, strict=True)):
-        assert torch.equal(bits(a), bits(b)), i
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = bwd(g, x, *cs, output_mask=wanted)
+    finally:
+        torch.set_num_threads(threads)
+    for i, (a, b, c) in enumerate(zip(streamed, cached, one_thread, strict=True)):
+        assert torch.equal(bits(a), bits(b)) and torch.equal(bits(a), bits(c)), i
 
 
 @pytest.mark.parametrize(

@@ -626,7 +626,7 @@ struct Tile {
       for (int r = R; r < 2 * R; ++r) {
         prefetch(g + i, r * gs);
         prefetch(x + i, r * xs);
-        prefetch_for_write(d + i, r * ds);
+        if constexpr (kWritesDx<Op>) prefetch_for_write(d + i, r * ds);
       }
       V kk[NC], sum[NC];
       for (int j = 0; j < N; ++j) kk[j] = V::load(k + j * kstride + i);
@@ -647,7 +647,8 @@ struct Tile {
       for (int j = 0; j < S; ++j)
         (V::load(acc + j * astride + i) + sum[j]).store(acc + j * astride + i);
     }
-    columns<R>(g + i, gs, x + i, xs, d + i, ds, len - i, k + i, kstride, acc + i, astride);
+    columns<R>(g + i, gs, x + i, xs, d + i, ds, len - i, k + i, kstride, S > 0 ? acc + i : acc,
+               astride);
   }
 
   // dx over elements [e, e + len) of one slot, taking the coefficients k; their terms into sums.

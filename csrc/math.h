@@ -8,6 +8,10 @@
 //   backward(g, v, k, t)     -> dx, and t[i] = this element's term of coefficient i's gradient
 //                               (the loops sum the terms); v is x, or the result (kSavesResult)
 //
+// An op with coefficients has its backward also run on a cache line of elements at once (the CPU
+// loops' Strip, cpu/loops.h: a vector of T): there it may use only binary +, -, * and T(constant)
+// (Strip has no more; add what a new op needs there).
+//
 // Each op has its row in ops.h (the table every registration follows) and, for second order,
 // a formula in autograd.cpp.
 #pragma once

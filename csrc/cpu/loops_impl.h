@@ -107,29 +107,18 @@ inline void narrow(const float* __restrict__ src, c10::Half* dst, int64_t n) {
 #endif
 
 // ---- prefetching -------------------------------------------------------------------------------
-// The cache line of element p[offset], for reading or for writing. It may lie past the array's end
-// (a prefetch never faults), so the address is computed as an integer.
-template <typename T>
+// The cache line of element p[offset], for reading (or kWrite, for writing). It may lie past the
+// array's end (a prefetch never faults), so the address is computed as an integer.
+template <bool kWrite = false, typename T>
 inline void prefetch(const T* p, int64_t offset) {
   __builtin_prefetch(
-      reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + offset * sizeof(T)));
-}
-
-template <typename T>
-inline void prefetch_for_write(T* p, int64_t offset) {
-  __builtin_prefetch(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) + offset * sizeof(T)),
-                     1);
+      reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + offset * sizeof(T)), kWrite);
 }
 
 // The cache lines of elements p[offset], ..., p[offset + n - 1].
-template <typename T>
+template <bool kWrite = false, typename T>
 inline void prefetch_lines(const T* p, int64_t offset, int64_t n) {
-  for (int64_t i = 0; i < n; i += 64 / sizeof(T)) prefetch(p, offset + i);
-}
-
-template <typename T>
-inline void prefetch_lines_for_write(T* p, int64_t offset, int64_t n) {
-  for (int64_t i = 0; i < n; i += 64 / sizeof(T)) prefetch_for_write(p, offset + i);
+  for (int64_t i = 0; i < n; i += 64 / sizeof(T)) prefetch<kWrite>(p, offset + i);
 }
 
 // ---- reading inputs -------------------------------------------------------------------------
@@ -482,11 +471,7 @@ struct Tile {
   // in an order the prefetchers followed worse: benchmarks/NOTES.md §20).
   void forward_flat(int64_t b, int64_t e) const {
     T k[NC];
-    const int64_t C = job.slots.C, P = job.slots.P;
-    if (C == 1) {
-      coefs_of_slot(0, k);
-      return forward_run(b, e - b, k);
-    }
+    const int64_t C = job.slots.C, P = job.tiling.W / C;  // one slot: P is every element
     for (int64_t i = b; i < e;) {
       const int64_t run = i / P, end = std::min(e, (run + 1) * P);
       coefs_of_slot(run % C, k);
@@ -570,18 +555,19 @@ struct Tile {
     // the sums' rows (one column tile of P == 1 slots): one stride each, which lets gcc keep the
     // loop's addresses in fewer registers (callgrind, cubic channels last: 5% fewer instructions
     // in the backward; benchmarks/NOTES.md §15).
-    const bool in_place = gs == W && xs == W && ds == W;
+    const bool unbuffered = gs == W && xs == W && ds == W;
     if constexpr (kDirect && N > 0) {
-      if (in_place && job.stream) return strips<R>(g, W, x, W, d, W, len, k, kstride, acc, astride);
+      if (unbuffered && job.stream)
+        return strips<R>(g, W, x, W, d, W, len, k, kstride, acc, astride);
     }
-    if (in_place && kstride == astride) {
+    if (unbuffered && kstride == astride) {
       columns<R>(g, W, x, W, d, W, len, k, kstride, acc, kstride);
     } else {
       columns<R>(g, gs, x, xs, d, ds, len, k, kstride, acc, astride);
     }
     if constexpr (!kDirect && kWritesDx<Op>) {
       for (int r = 0; r < R; ++r) {
-        if (job.stream) prefetch_lines_for_write(job.out + e + r * W, R * W, len);
+        if (job.stream) prefetch_lines</*kWrite=*/true>(job.out + e + r * W, R * W, len);
         write<T>(job.out, e + r * W, dbuf[r], len);
       }
     }
@@ -626,7 +612,7 @@ struct Tile {
       for (int r = R; r < 2 * R; ++r) {
         prefetch(g + i, r * gs);
         prefetch(x + i, r * xs);
-        if constexpr (kWritesDx<Op>) prefetch_for_write(d + i, r * ds);
+        if constexpr (kWritesDx<Op>) prefetch</*kWrite=*/true>(d + i, r * ds);
       }
       V kk[NC], sum[NC];
       for (int j = 0; j < N; ++j) kk[j] = V::load(k + j * kstride + i);

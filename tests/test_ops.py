@@ -322,6 +322,22 @@ def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, d
         assert torch.equal(bits(a), bits(b)) and torch.equal(bits(a), bits(c)), i
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype):
+    """In the caches a channels-last forward takes four rows at a time (forward_columns,
+    csrc/cpu/loops_impl.h); past kStreamBytes of data (csrc/cpu/loops.h), one row at a time. An
+    element's result is the same either way: the whole x (beyond) against pieces of 97 rows (in
+    the caches; a tile's rows not a multiple of four), 1030 columns."""
+    shape = (2101, 1030)
+    x = randn(*shape, dtype=dtype)
+    assert 2 * x.numel() * x.element_size() > 16 << 20  # beyond kStreamBytes
+    cs = coefs(coef_op, dtype, "cpu", [(shape[1],), (), (shape[1],), (1, shape[1])],
+               requires_grad=False)
+    fwd = operator(coef_op)
+    pieces = torch.cat([fwd(piece, *cs) for piece in x.split(97)])
+    assert torch.equal(bits(fwd(x, *cs)), bits(pieces))
+
+
 @pytest.mark.parametrize(
     "shape, coef_shape",
     [((1 << 20,), ()), ((256, 4096), (4096,)), ((4096, 256), (256,))],

@@ -51,10 +51,11 @@ constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 <<
                                /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14,
                                /*run_rows=*/1};
 
-// A backward whose inputs and output together exceed this many bytes reads them from memory, not
-// from the caches, and its column tiles prefetch ahead (loops_impl.h's strips): there the
-// prefetches save more than they cost, in the caches the reverse. 16 MB: about where the two
-// crossed on the development machine, with 32 MB of last-level cache (benchmarks/NOTES.md §20).
+// A call whose inputs and output together exceed this many bytes reads them from memory, not
+// from the caches. There a backward's column tiles prefetch ahead (loops_impl.h's strips), and a
+// forward's go row by row; in the caches, the prefetches cost more than they save, and a forward
+// takes several rows at once. 16 MB: about where the two crossed on the development machine,
+// with 32 MB of last-level cache (benchmarks/NOTES.md §20, §21).
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
 // What the backward loops take of an op besides its math: whether they write dx, and how many
@@ -125,7 +126,7 @@ struct Job {
   Tiling tiling;
   T* partial;           // backward: the tiles' partial sums (layout.h)
   bool inplace;         // forward: out is x's own memory
-  bool stream = false;  // backward: beyond the caches (kStreamBytes), column tiles prefetch ahead
+  bool stream = false;  // beyond the caches (kStreamBytes): see Tile's forward and strips
 };
 
 // What a thread's column tiles keep from tile to tile (loops_impl.h), so that a tile allocates
@@ -339,8 +340,9 @@ struct Kernels {
       const std::vector<T> table = coef_table<T>(call);
       const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
       scalar_t* out = call.out.mutable_data_ptr<scalar_t>();
-      const Job<scalar_t, T> job{call.x,     {},     out,     table.data(),
-                                 call.slots, tiling, nullptr, call.out.is_same(x)};
+      const bool stream = call.numel * 2 * int64_t{sizeof(scalar_t)} > kStreamBytes;
+      const Job<scalar_t, T> job{
+          call.x, {}, out, table.data(), call.slots, tiling, nullptr, call.out.is_same(x), stream};
       run_forward<Op>(job);
     });
   }

@@ -480,6 +480,21 @@ struct Tile {
     }
   }
 
+  // y = op(x) over R rows' columns (rows W apart; y may be x itself), column i taking the
+  // coefficients k[j * kstride + i]: each coefficient loaded once for R elements. Row by row, the
+  // coefficients' loads outnumber x's N to one, and bound the loop in the caches.
+  template <int R>
+  static void forward_columns(const T* x, T* y, int64_t W, int64_t len, const T* __restrict__ k,
+                              int64_t kstride) {
+    // Each element is read, then written, by one iteration: no store feeds another's load.
+#pragma GCC ivdep
+    for (int64_t i = 0; i < len; ++i) {
+      T kk[NC];
+      for (int j = 0; j < N; ++j) kk[j] = k[j * kstride + i];
+      for (int r = 0; r < R; ++r) y[r * W + i] = Op::forward(x[r * W + i], kk);
+    }
+  }
+
   // Column tile t (runs go flat: forward_flat).
   void forward(int64_t t, Workspace<T>& ws) const {
     const Tiling& tl = job.tiling;
@@ -487,9 +502,20 @@ struct Tile {
     const int64_t ncols = (c.c1 - c.c0) * job.slots.P;
     int64_t kstride;
     const T* k = coefs_of_columns(c, ws, &kstride);
-    // Row by row, in memory order (the coefficients, N * ncols, stay in cache; a block of columns
-    // walked down the rows would stride through memory, which the prefetchers follow worse).
-    for (int64_t row = c.r0; row < c.r1; ++row) {
+    // In the caches, kRowsAtOnce rows at a time (forward_columns). Beyond them, row by row, in
+    // memory order: four rows read and written in turn are more streams than the prefetchers
+    // follow, and took 1.6 to 2 times as long there (benchmarks/NOTES.md §21).
+    int64_t row = c.r0;
+    if constexpr (std::is_same_v<T, scalar_t>) {
+      if (!job.stream && (job.inplace || job.x.kind == Operand::kDense)) {
+        const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);
+        for (; row + kRowsAtOnce <= c.r1; row += kRowsAtOnce) {
+          const int64_t e = row * tl.W + c.c0 * job.slots.P;
+          forward_columns<kRowsAtOnce>(x + e, job.out + e, tl.W, ncols, k, kstride);
+        }
+      }
+    }
+    for (; row < c.r1; ++row) {
       for (int64_t q = 0; q < ncols; q += kBlock)
         forward_block(row * tl.W + c.c0 * job.slots.P + q, std::min(kBlock, ncols - q), k + q,
                       kstride);

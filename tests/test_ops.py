@@ -322,13 +322,14 @@ def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, d
         assert torch.equal(bits(a), bits(b)) and torch.equal(bits(a), bits(c)), i
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype):
     """In the caches a channels-last forward takes four rows at a time (forward_columns,
-    csrc/cpu/loops_impl.h); past kStreamBytes of data (csrc/cpu/loops.h), one row at a time. An
-    element's result is the same either way: the whole x (beyond) against pieces of 97 rows (in
-    the caches; a tile's rows not a multiple of four), 1030 columns."""
-    shape = (2101, 1030)
+    csrc/cpu/loops_impl.h; bfloat16 through buffers, forward_rows); past kStreamBytes of data
+    (csrc/cpu/loops.h), one row at a time. An element's result is the same either way: the whole
+    x (beyond) against pieces of 97 rows (in the caches; a tile's rows not a multiple of four),
+    1030 columns."""
+    shape = (4201, 1030)
     x = randn(*shape, dtype=dtype)
     assert 2 * x.numel() * x.element_size() > 16 << 20  # beyond kStreamBytes
     cs = coefs(coef_op, dtype, "cpu", [(shape[1],), (), (shape[1],), (1, shape[1])],

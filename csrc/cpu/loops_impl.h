@@ -495,6 +495,18 @@ struct Tile {
     }
   }
 
+  // forward_columns over R rows' block of len columns (from flat index e on, rows W apart),
+  // converted to T in buffers and back: for the types the op computes in another type.
+  template <int R>
+  void forward_rows(int64_t e, int64_t len, const T* k, int64_t kstride) const {
+    static_assert(!std::is_same_v<T, scalar_t>, "T's own rows need no buffers: forward_columns");
+    const int64_t W = job.tiling.W;
+    T xbuf[R][kBlock], ybuf[R][kBlock];
+    for (int r = 0; r < R; ++r) read<T, scalar_t>(job.x, e + r * W, len, xbuf[r]);
+    forward_columns<R>(xbuf[0], ybuf[0], kBlock, len, k, kstride);
+    for (int r = 0; r < R; ++r) write<T>(job.out, e + r * W, ybuf[r], len);
+  }
+
   // Column tile t (runs go flat: forward_flat).
   void forward(int64_t t, Workspace<T>& ws) const {
     const Tiling& tl = job.tiling;
@@ -506,12 +518,20 @@ struct Tile {
     // memory order: four rows read and written in turn are more streams than the prefetchers
     // follow, and took 1.6 to 2 times as long there (benchmarks/NOTES.md §21).
     int64_t row = c.r0;
-    if constexpr (std::is_same_v<T, scalar_t>) {
-      if (!job.stream && (job.inplace || job.x.kind == Operand::kDense)) {
-        const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);
+    if (!job.stream) {
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        if (job.inplace || job.x.kind == Operand::kDense) {
+          const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);
+          for (; row + kRowsAtOnce <= c.r1; row += kRowsAtOnce) {
+            const int64_t e = row * tl.W + c.c0 * job.slots.P;
+            forward_columns<kRowsAtOnce>(x + e, job.out + e, tl.W, ncols, k, kstride);
+          }
+        }
+      } else {  // 16-bit types: through buffers
         for (; row + kRowsAtOnce <= c.r1; row += kRowsAtOnce) {
-          const int64_t e = row * tl.W + c.c0 * job.slots.P;
-          forward_columns<kRowsAtOnce>(x + e, job.out + e, tl.W, ncols, k, kstride);
+          for (int64_t q = 0; q < ncols; q += kBlock)
+            forward_rows<kRowsAtOnce>(row * tl.W + c.c0 * job.slots.P + q,
+                                      std::min(kBlock, ncols - q), k + q, kstride);
         }
       }
     }

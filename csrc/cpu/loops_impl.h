@@ -498,7 +498,7 @@ struct Tile {
   // forward_columns over R rows' block of len columns (from flat index e on, rows W apart),
   // converted to T in buffers and back: for the types the op computes in another type.
   template <int R>
-  void forward_rows(int64_t e, int64_t len, const T* k, int64_t kstride) const {
+  void forward_buffered(int64_t e, int64_t len, const T* k, int64_t kstride) const {
     static_assert(!std::is_same_v<T, scalar_t>, "T's own rows need no buffers: forward_columns");
     const int64_t W = job.tiling.W;
     T xbuf[R][kBlock], ybuf[R][kBlock];
@@ -507,39 +507,62 @@ struct Tile {
     for (int r = 0; r < R; ++r) write<T>(job.out, e + r * W, ybuf[r], len);
   }
 
-  // Column tile t (runs go flat: forward_flat).
-  void forward(int64_t t, Workspace<T>& ws) const {
-    const Tiling& tl = job.tiling;
-    const Cols c = cols_of(t);
+  // Columns [q0, q1) of row, of the columns from flat index `first` on in each row, taking
+  // their coefficients k (column q's at k[j * kstride + q - q0]).
+  void forward_segment(int64_t row, int64_t first, int64_t q0, int64_t q1, const T* k,
+                       int64_t kstride) const {
+    for (int64_t q = q0; q < q1; q += kBlock)
+      forward_block(row * job.tiling.W + first + q, std::min(kBlock, q1 - q), k + q - q0, kstride);
+  }
+
+  // Rows [c.r0, c.r1) of the columns of slots [c.c0, c.c1), taking their coefficients k. In the
+  // caches, kRowsAtOnce rows at a time (forward_columns). Beyond them, row by row, in memory
+  // order: four rows read and written in turn are more streams than the prefetchers follow, and
+  // took 1.6 to 2 times as long there (benchmarks/NOTES.md §21).
+  void forward_rows(const Cols& c, const T* k, int64_t kstride) const {
+    const int64_t W = job.tiling.W, first = c.c0 * job.slots.P;
     const int64_t ncols = (c.c1 - c.c0) * job.slots.P;
-    int64_t kstride;
-    const T* k = coefs_of_columns(c, ws, &kstride);
-    // In the caches, kRowsAtOnce rows at a time (forward_columns). Beyond them, row by row, in
-    // memory order: four rows read and written in turn are more streams than the prefetchers
-    // follow, and took 1.6 to 2 times as long there (benchmarks/NOTES.md §21).
     int64_t row = c.r0;
     if (!job.stream) {
       if constexpr (std::is_same_v<T, scalar_t>) {
         if (job.inplace || job.x.kind == Operand::kDense) {
           const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);
           for (; row + kRowsAtOnce <= c.r1; row += kRowsAtOnce) {
-            const int64_t e = row * tl.W + c.c0 * job.slots.P;
-            forward_columns<kRowsAtOnce>(x + e, job.out + e, tl.W, ncols, k, kstride);
+            const int64_t e = row * W + first;
+            forward_columns<kRowsAtOnce>(x + e, job.out + e, W, ncols, k, kstride);
           }
         }
       } else {  // 16-bit types: through buffers
         for (; row + kRowsAtOnce <= c.r1; row += kRowsAtOnce) {
           for (int64_t q = 0; q < ncols; q += kBlock)
-            forward_rows<kRowsAtOnce>(row * tl.W + c.c0 * job.slots.P + q,
-                                      std::min(kBlock, ncols - q), k + q, kstride);
+            forward_buffered<kRowsAtOnce>(row * W + first + q, std::min(kBlock, ncols - q), k + q,
+                                          kstride);
         }
       }
     }
-    for (; row < c.r1; ++row) {
-      for (int64_t q = 0; q < ncols; q += kBlock)
-        forward_block(row * tl.W + c.c0 * job.slots.P + q, std::min(kBlock, ncols - q), k + q,
-                      kstride);
-    }
+    for (; row < c.r1; ++row) forward_segment(row, first, 0, ncols, k, kstride);
+  }
+
+  // Column tile t (runs go flat: forward_flat).
+  void forward(int64_t t, Workspace<T>& ws) const {
+    const Cols c = cols_of(t);
+    int64_t kstride;
+    const T* k = coefs_of_columns(c, ws, &kstride);
+    forward_rows(c, k, kstride);
+  }
+
+  // Elements [b, e) where a row is one column tile: the first and last rows in part, the rows
+  // between whole. A forward keeps no sums, so it needs no tiles, and a thread takes exactly its
+  // range (by tiles, two threads split 197 rows of 768 as 128 and 69).
+  void forward_range(int64_t b, int64_t e, Workspace<T>& ws) const {
+    const int64_t W = job.tiling.W;
+    int64_t kstride;
+    const T* k = coefs_of_columns({0, 0, 0, job.slots.C}, ws, &kstride);
+    const int64_t rb = b / W, re = e / W;
+    if (rb == re) return forward_segment(rb, 0, b % W, e % W, k + b % W, kstride);
+    if (b % W) forward_segment(rb, 0, b % W, W, k + b % W, kstride);
+    forward_rows({rb + (b % W != 0), re, 0, job.slots.C}, k, kstride);
+    if (e % W) forward_segment(re, 0, 0, e % W, k, kstride);
   }
 
   // ---- backward ----
@@ -820,6 +843,7 @@ void forward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   const Tile<Op, scalar_t, T> tile{job};
   if (job.tiling.runs) return tile.forward_flat(b, e);
   Workspace<T> ws;
+  if (job.tiling.col_tiles == 1) return tile.forward_range(b, e, ws);
   for (int64_t t = tile.first_tile_from(b), end = tile.first_tile_from(e); t < end; ++t)
     tile.forward(t, ws);
 }

@@ -273,7 +273,12 @@ void finish_sums(Call& call, const Tiling& tl, const T* partial) {
   if (tl.runs || tl.row_tiles > 1) {
     sum.assign(N * C, T(0));
     std::vector<T> comp(N * C);
-    at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
+    // Slots in parallel only where there are enough partials to add (torch's grain, in adds):
+    // starting and joining the threads costs more than a few thousand adds (benchmarks/NOTES.md
+    // §21; a channels-last backward of 197 rows had 3 row tiles' partials to add per slot).
+    const int64_t adds = std::max<int64_t>(1, N * tl.row_tiles * (tl.runs ? tl.segs : 1));
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / adds);
+    at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
       TORCHEXT_ISA_CALL(sum_partials<T>, tl, N, C, partial, c0, c1, sum.data(), comp.data());
       for (int j = 0; j < N; ++j)
         for (int64_t c = c0; c < c1; ++c) sum[j * C + c] += comp[j * C + c];

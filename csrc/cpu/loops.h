@@ -275,7 +275,7 @@ void finish_sums(Call& call, const Tiling& tl, const T* partial) {
     std::vector<T> comp(N * C);
     // Slots in parallel only where there are enough partials to add (torch's grain, in adds):
     // starting and joining the threads costs more than a few thousand adds (benchmarks/NOTES.md
-    // §21; a channels-last backward of 197 rows had 3 row tiles' partials to add per slot).
+    // §21; a channels-last backward of 197 rows had 4 row tiles' partials to add per slot).
     const int64_t adds = std::max<int64_t>(1, N * tl.row_tiles * (tl.runs ? tl.segs : 1));
     const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / adds);
     at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {

@@ -240,7 +240,8 @@ cmd_large() {
 }
 
 cmd_bench() {
-  local args=(--ops cubic --dtypes float32 --passes 'fwd,fwdbwd' --rounds 2 --out "$WORK/bench")
+  local args=(--ops cubic --dtypes float32 --passes 'fwd,fwdbwd' --rounds 2 --out "$WORK/bench"
+              --channels 32x197x768,64x64x56x56)
   if dry; then
     args+=(--sizes 2^10 --min-run-time 0.01)
   else

@@ -79,6 +79,7 @@ CONTENDERS = ("torchext", "tutorial", "eager", "compile")
 # channel costs at most CHANNEL_GOAL times that), the eager broadcast expression, torch.compile.
 CHANNEL_CASES = {
     "32x197x768": ((32, 197, 768), (768,)),  # a ViT's [B, L, C], channels last
+    "1x197x768": ((1, 197, 768), (768,)),  # the same for one image: in the caches
     "64x64x56x56": ((64, 64, 56, 56), (64, 1, 1)),  # a ResNet's [N, C, H, W], channels first
 }
 QUICK_CHANNEL_CASES = {"4x16x32": ((4, 16, 32), (32,)), "2x8x8x8": ((2, 8, 8, 8), (8, 1, 1))}

@@ -187,7 +187,9 @@ using compute_t = std::conditional_t<kOnStoredType<Op>, scalar_t, at::opmath_typ
 // same thread wrote or read in the op before (torch's or ours), in its own core's cache. Shared
 // by tile count instead, a thread could start a tile's length into its neighbour's elements: an
 // in-place ReLU of 200704 elements after torch's mul then took twice torch.relu_'s time, reading
-// 14336 elements from the other core's cache (benchmarks/NOTES.md §14).
+// 14336 elements from the other core's cache (benchmarks/NOTES.md §14). A forward keeps no sums,
+// so where it can it takes exactly its range, tiles aside: one slot or runs, and rows that are one
+// column tile each (two threads took 197 such rows as 128 and 69 by tiles, §21).
 template <class Op, typename scalar_t, typename T>
 void run_forward(const Job<scalar_t, T>& job) {
   const int64_t numel = job.tiling.rows * job.tiling.W;

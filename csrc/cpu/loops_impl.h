@@ -837,7 +837,8 @@ void sum_partials(const Tiling& tl, int N, int64_t C, const T* partial, int64_t 
 }
 
 // A thread's share of elements [b, e) (cpu/loops.h): the tiles whose middle element lies there;
-// in one slot, where a forward keeps no sums, exactly those elements.
+// exactly those elements where the slots lie in runs (one slot included) or each row is one
+// column tile, since a forward keeps no sums.
 template <class Op, typename scalar_t, typename T>
 void forward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   const Tile<Op, scalar_t, T> tile{job};

@@ -452,8 +452,9 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     // At least min_rows rows: a tile's partial sums (N·slots) stay small beside its elements.
     const int64_t rows = std::max(sizes.target / cols, sizes.min_rows);
     t.rows_per_tile = std::clamp<int64_t>(rows, 1, std::min(sizes.max_rows, t.rows));
-    // As many row tiles, of rows as even as can be: the threads take whole tiles, and 197 rows
-    // in tiles of 64 (64, 64, 64, 5) went to two threads as 128 and 69.
+    // As many row tiles, of rows as even as can be (so a tile may hold fewer than min_rows, at
+    // least about half): the threads take whole tiles, and 197 rows in tiles of 64 (64, 64, 64,
+    // 5) went to two threads as 128 and 69.
     t.rows_per_tile = ceil_div(t.rows, ceil_div(t.rows, t.rows_per_tile));
     t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
     t.tiles = t.row_tiles * t.col_tiles;

@@ -142,7 +142,7 @@ struct TileSizes {
   int64_t min_run;   // runs of P >= min_run elements are tiled as runs
   int64_t seg;       // longest segment of a run
   int64_t cols;      // most columns in a column tile (whole slots)
-  int64_t min_rows;  // fewest rows in a column tile (when there are as many)
+  int64_t min_rows;  // rows a column tile takes at least, before the row tiles are evened out
   int64_t max_rows;  // most rows in a column tile
   int64_t run_rows;  // most rows of a run in one tile (1: the tiles lie in memory order)
 };

@@ -507,12 +507,11 @@ struct Tile {
     for (int r = 0; r < R; ++r) write<T>(job.out, e + r * W, ybuf[r], len);
   }
 
-  // Columns [q0, q1) of row, of the columns from flat index `first` on in each row, taking
-  // their coefficients k (column q's at k[j * kstride + q - q0]).
-  void forward_segment(int64_t row, int64_t first, int64_t q0, int64_t q1, const T* k,
-                       int64_t kstride) const {
-    for (int64_t q = q0; q < q1; q += kBlock)
-      forward_block(row * job.tiling.W + first + q, std::min(kBlock, q1 - q), k + q - q0, kstride);
+  // Elements [e, e + len) of one row, a block at a time, element e + q taking the coefficients
+  // k[j * kstride + q].
+  void forward_segment(int64_t e, int64_t len, const T* k, int64_t kstride) const {
+    for (int64_t q = 0; q < len; q += kBlock)
+      forward_block(e + q, std::min(kBlock, len - q), k + q, kstride);
   }
 
   // Rows [c.r0, c.r1) of the columns of slots [c.c0, c.c1), taking their coefficients k. In the
@@ -540,7 +539,7 @@ struct Tile {
         }
       }
     }
-    for (; row < c.r1; ++row) forward_segment(row, first, 0, ncols, k, kstride);
+    for (; row < c.r1; ++row) forward_segment(row * W + first, ncols, k, kstride);
   }
 
   // Column tile t (runs go flat: forward_flat).
@@ -559,10 +558,10 @@ struct Tile {
     int64_t kstride;
     const T* k = coefs_of_columns({0, 0, 0, job.slots.C}, ws, &kstride);
     const int64_t rb = b / W, re = e / W;
-    if (rb == re) return forward_segment(rb, 0, b % W, e % W, k + b % W, kstride);
-    if (b % W) forward_segment(rb, 0, b % W, W, k + b % W, kstride);
+    if (rb == re) return forward_segment(b, e - b, k + b % W, kstride);
+    if (b % W) forward_segment(b, W - b % W, k + b % W, kstride);
     forward_rows({rb + (b % W != 0), re, 0, job.slots.C}, k, kstride);
-    if (e % W) forward_segment(re, 0, 0, e % W, k, kstride);
+    if (e % W) forward_segment(re * W, e % W, k, kstride);
   }
 
   // ---- backward ----

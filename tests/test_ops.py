@@ -325,7 +325,7 @@ def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, d
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype):
     """In the caches a channels-last forward takes four rows at a time (forward_columns,
-    csrc/cpu/loops_impl.h; bfloat16 through buffers, forward_rows); past kStreamBytes of data
+    csrc/cpu/loops_impl.h; bfloat16 through buffers, forward_buffered); past kStreamBytes of data
     (csrc/cpu/loops.h), one row at a time. An element's result is the same either way: the whole
     x (beyond) against pieces of 97 rows (in the caches; a tile's rows not a multiple of four),
     1030 columns."""

@@ -750,16 +750,19 @@ struct Tile {
     // kRowsAtOnce rows at a time, each row's columns in order: memory in order, as the forward
     // walks it. Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
     // (sum, comp), each [N][ncols].
-    const int64_t rt = t / tl.col_tiles, C = job.slots.C, width = S * ncols;
+    const int64_t rt = t / tl.col_tiles, width = S * ncols;
     std::vector<T>& scratch = ws.sums;
     if (scratch.size() < static_cast<size_t>(3 * width)) scratch.resize(3 * width);  // zeros
     T* acc = scratch.data();
     T* sum = acc + width;
     T* comp = sum + width;
+    // Dense rows of T need no buffers: a row's columns in one go, not a block at a time.
+    const int64_t block = in_place_inputs() ? ncols : kBlock;
+    bool joined = false;
     for (int64_t row = c.r0; row < c.r1;) {
       const bool group = row + kRowsAtOnce <= c.r1;
-      for (int64_t q = 0; q < ncols; q += kBlock) {
-        const int64_t e = row * tl.W + c.c0 * P + q, len = std::min(kBlock, ncols - q);
+      for (int64_t q = 0; q < ncols; q += block) {
+        const int64_t e = row * tl.W + c.c0 * P + q, len = std::min(block, ncols - q);
         T* const a = S > 0 ? acc + q : nullptr;
         if (group) {
           backward_columns<kRowsAtOnce>(e, len, k + q, kstride, a, ncols);
@@ -768,29 +771,60 @@ struct Tile {
         }
       }
       row += group ? kRowsAtOnce : 1;
-      if ((row - c.r0) % kRowsPerFlush == 0 || row == c.r1) {
-        for (int64_t i = 0; i < width; ++i) {
-          kahan_add(sum[i], comp[i], acc[i]);
-          acc[i] = T(0);
+      if constexpr (S > 0) {
+        if ((row - c.r0) % kRowsPerFlush == 0 || row == c.r1) {
+          if (row == c.r1 && P == 1) return finish_columns(c, rt, acc, sum, comp, joined);
+          join(acc, sum, comp, width, joined);
         }
       }
     }
-    // The column totals: with P == 1 a column is a slot, straight into the row tile's partial
-    // sums; else slot_sums adds each slot's P columns. Read, the sums are zeroed for the next
+    // P > 1: slot_sums adds each slot's P column totals. Read, the sums are zeroed for the next
     // tile (acc is zero after the last join).
-    if constexpr (S == 0) return;
-    if (P > 1) {
+    if constexpr (S > 0) {
       slot_sums(c, rt, sum, comp, ws);
-      std::fill(sum, sum + 2 * width, T(0));  // sum and comp
+      std::fill(sum, sum + width, T(0));
+      std::fill(comp, comp + width, T(0));
+    }
+  }
+
+  // acc's plain sums into the compensated sums (sum, comp), acc left zero. The first join
+  // (joined false) takes acc as it is: a TwoSum into zeros gives acc's own bits (acc, added to
+  // from +0, is never -0), so acc and sum swap (all three are zero between tiles, and they are
+  // any three of the scratch's arrays; benchmarks/NOTES.md §22).
+  static void join(T*& acc, T*& sum, T* comp, int64_t width, bool& joined) {
+    if (!joined) {
+      std::swap(acc, sum);
+      joined = true;
       return;
     }
+    for (int64_t i = 0; i < width; ++i) {
+      kahan_add(sum[i], comp[i], acc[i]);
+      acc[i] = T(0);
+    }
+  }
+
+  // The tile's last join, with P == 1 (a column is a slot): each column's total straight into the
+  // row tile's partial sums, and the three arrays left zero for the next tile. Without an earlier
+  // join, the total is acc itself (what a TwoSum into zeros, then sum + comp, gives).
+  void finish_columns(const Cols& c, int64_t rt, T* acc, T* sum, T* comp, bool joined) const {
+    const int64_t ncols = c.c1 - c.c0, C = job.slots.C;
     for (int j = 0; j < S; ++j) {
       T* __restrict__ to = job.partial + (rt * S + j) * C + c.c0;
+      T* __restrict__ a = acc + j * ncols;
       T* __restrict__ s = sum + j * ncols;
       T* __restrict__ cs = comp + j * ncols;
+      if (!joined) {
+        for (int64_t i = 0; i < ncols; ++i) {
+          to[i] = a[i];
+          a[i] = T(0);
+        }
+        continue;
+      }
       for (int64_t i = 0; i < ncols; ++i) {
-        to[i] = s[i] + cs[i];
-        s[i] = cs[i] = T(0);
+        T total = s[i], error = cs[i];
+        kahan_add(total, error, a[i]);
+        to[i] = total + error;
+        a[i] = s[i] = cs[i] = T(0);
       }
     }
   }

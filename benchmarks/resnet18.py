@@ -3,8 +3,9 @@ modules swapped for ``torchext.nn.ReLU(inplace=True)``.
 
     python benchmarks/resnet18.py --out benchmarks/results/cpu   # needs torchvision
 
-Measures, taking turns (``--rounds``; per row the median time over rounds, and the ratio's median
-and range over rounds, which is the noise the goals are judged against):
+Measures, in rounds (``--rounds``; per row the median time over rounds, and the ratio's median
+and range over rounds, which is the noise the goals are judged against; within a round the two
+contenders alternate call by call):
   relu_      forward + backward of the in-place op alone at each of resnet18's activation shapes
              (batch --batch), torchext against torch.relu_ (goal: within 1.1x)
   eager      one training step of the whole model (forward, loss, backward, SGD), both ReLUs
@@ -19,13 +20,13 @@ import argparse
 import csv
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
-from torch.utils import benchmark
 
 import torchext
-from torchext.bench import keep_freed_memory
+from torchext.bench import _device_name, keep_freed_memory
 
 # resnet18's activations (N, C, H, W) at 224x224 input, the stem's first: where its ReLUs run.
 SHAPES = [(64, 112, 112), (64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]
@@ -40,20 +41,28 @@ def swap_relus(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def time_turns(stmts: dict, rounds: int, min_run_time: float) -> dict:
-    """Each statement's median time (µs) in every round, the statements taking turns within a
-    round, in reversed order every other round (whichever runs first after the other may find
-    the caches and the heap as the other left them), so that the machine's drift hits them
-    alike."""
+def time_pairs(stmts: dict, rounds: int, min_run_time: float) -> dict:
+    """Each statement's median time per call (µs) in every round. Within a round the statements
+    alternate call by call, in reversed order every other time (whichever runs first after the
+    other may find the caches and the heap as the other left them), until each has run for
+    min_run_time and at least twice: the host's load, which on a shared machine changes from
+    second to second, then falls on both alike. Timed in turns of min_run_time each instead, the
+    ratios of the relu_ rows moved by up to 30% from one run to the next (benchmarks/NOTES.md
+    §22)."""
     for stmt in stmts.values():
         stmt()
-    times = {key: [] for key in stmts}
-    for r in range(rounds):
-        for key in (list(stmts) if r % 2 == 0 else list(stmts)[::-1]):
-            stmt = stmts[key]
-            timer = benchmark.Timer("stmt()", globals={"stmt": stmt},
-                                    num_threads=torch.get_num_threads())
-            times[key].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e6)
+    keys = list(stmts)
+    times = {key: [] for key in keys}
+    for _ in range(rounds):
+        calls = {key: [] for key in keys}
+        while min(sum(c) for c in calls.values()) < min_run_time or len(calls[keys[0]]) < 2:
+            order = keys if len(calls[keys[0]]) % 2 == 0 else keys[::-1]
+            for key in order:
+                start = time.perf_counter()
+                stmts[key]()
+                calls[key].append(time.perf_counter() - start)
+        for key in keys:
+            times[key].append(statistics.median(calls[key]) * 1e6)
     return times
 
 
@@ -78,7 +87,7 @@ def relu_rows(batch, rounds, min_run_time):
                 torch.autograd.grad(relu_(h), base, g)
             return run
 
-        us = time_turns({"torchext": step(lambda t: torchext.relu(t, inplace=True)),
+        us = time_pairs({"torchext": step(lambda t: torchext.relu(t, inplace=True)),
                          "torch": step(torch.relu_)}, rounds, min_run_time)
         rows.append(row("relu_ fwd+bwd", "x".join(map(str, (batch, *shape))), us))
     return rows
@@ -102,7 +111,7 @@ def model_rows(torchvision, batch, rounds, min_run_time, compiled: bool):
     for name, model in (("torchext", ours), ("torch", original)):
         run = torch.compile(model) if compiled else model
         steps[name] = train_step(run, x, target, torch.optim.SGD(model.parameters(), lr=1e-3))
-    us = time_turns(steps, rounds, min_run_time)
+    us = time_pairs(steps, rounds, min_run_time)
     what = "compiled train step" if compiled else "eager train step"
     return [row(what, f"{batch}x3x224x224", us)]
 
@@ -146,8 +155,9 @@ def main(argv=None) -> int:
         writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()}
                          for r in rows)
     lines = ["# resnet18 with torchext's in-place ReLU", "",
-             f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-             f"{torch.get_num_threads()} threads, malloc {malloc}. Command: `python "
+             f"{_device_name('cpu')}, torch {torch.__version__}, torchvision "
+             f"{torchvision.__version__}, {torch.get_num_threads()} threads, malloc {malloc}; "
+             f"the contenders alternate call by call in each round. Command: `python "
              f"benchmarks/resnet18.py --batch {args.batch} --rounds {args.rounds} "
              f"--min-run-time {args.min_run_time} --malloc {args.malloc}`.",
              "", "| what | shape | torchext µs | torch µs | torchext / torch (range over rounds) |",

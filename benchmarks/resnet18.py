@@ -18,6 +18,7 @@ activations do not swamp what the ReLUs cost.
 
 import argparse
 import csv
+import gc
 import statistics
 import sys
 import time
@@ -57,10 +58,12 @@ def time_pairs(stmts: dict, rounds: int, min_run_time: float) -> dict:
         calls = {key: [] for key in keys}
         while min(sum(c) for c in calls.values()) < min_run_time or len(calls[keys[0]]) < 2:
             order = keys if len(calls[keys[0]]) % 2 == 0 else keys[::-1]
-            for key in order:
+            for key in order:  # without the garbage collector, as timeit times
+                gc.disable()
                 start = time.perf_counter()
                 stmts[key]()
                 calls[key].append(time.perf_counter() - start)
+                gc.enable()
         for key in keys:
             times[key].append(statistics.median(calls[key]) * 1e6)
     return times

@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -132,16 +133,31 @@ def test_out_of_memory_is_an_error_not_a_traceback(monkeypatch, capsys, tmp_path
     assert "--sizes" in err and "allocate" in err
 
 
-def test_contenders_take_turns():
-    # Each statement is timed in every round, one after the other (after a warm-up of each), and
-    # its times collect the blocks of all its turns.
+def test_contenders_alternate_block_by_block():
+    # After a warm-up of each, the statements alternate a block at a time, in reversed order every
+    # other pass, until each has run min_run_time and `rounds` blocks; each time is one block's.
     calls = []
     stmts = {key: (lambda key=key: calls.append(key)) for key in ("a", "b", "c")}
-    times = bench._time_rounds(stmts, min_run_time=0.003, rounds=3)
+    times = bench._time_rounds(stmts, min_run_time=0.003, rounds=4)
     turns = [key for key, _ in itertools.groupby(calls)]
-    assert turns == ["a", "b", "c"] * (1 + 3)
+    assert turns[:3] == ["a", "b", "c"]  # the warm-up, three calls each
+    passes = turns[3:]
+    assert passes[:7] == ["a", "b", "c", "b", "a", "b", "c"]  # abc, cba (c twice), abc
     assert set(times) == set(stmts)
-    assert all(len(t) >= 3 and min(t) > 0 for t in times.values())
+    assert all(len(t) >= 4 and min(t) > 0 for t in times.values())
+    blocks = len(times["a"])
+    assert passes.count("a") >= blocks // 2  # its blocks are interleaved with the others'
+
+
+def test_a_slow_contender_sits_out_once_timed():
+    # A statement that has run min_run_time takes no more blocks: the fast ones go on alone.
+    calls = []
+    stmts = {"slow": lambda: (time.sleep(0.002), calls.append("slow")),
+             "fast": lambda: calls.append("fast")}
+    times = bench._time_rounds(stmts, min_run_time=0.01, rounds=2)
+    assert len(times["slow"]) < len(times["fast"])
+    assert calls.count("slow") == 3 + len(times["slow"])  # the warm-up, then one call a block
+    assert calls[-1] == "fast"
 
 
 FAULTS_ONCE_SETTLED = """

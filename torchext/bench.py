@@ -7,11 +7,12 @@ expression and ``torch.compile`` of it, with ``y.copy_(x)`` and ``torch.neg`` as
     python -m torchext bench --device cuda --out benchmarks/results
 
 Contenders are interleaved: for each dtype, size, op and pass, the op's four contenders and the
-floors (``torch.neg`` for the pass, and the copy) take ``--rounds`` turns (default 5), each turn a
-``torch.utils.benchmark.Timer.blocked_autorange`` of ``--min-run-time / --rounds`` seconds, after a
-warm-up. A contender's time is the median over the blocks of all its turns, so a burst of load
-from another process spoils one turn rather than a whole cell, and every ratio compares times
-taken side by side. The floors' rows merge their turns with every op. Inputs are seeded random
+floors (``torch.neg`` for the pass, and the copy) alternate a block of calls at a time (about a
+millisecond of calls, at least one), in reversed order every other pass, after a warm-up, until
+each has run ``--min-run-time`` seconds and at least ``--rounds`` blocks. A contender's time is
+the median over its blocks, so the host's load, which on a shared machine changes from second to
+second, falls on all contenders alike, and every ratio compares times taken side by side. The
+floors' rows merge their blocks with every op. Inputs are seeded random
 normals; ``x`` and the coefficients (0-dim float32) require grad, and the forward pass runs with
 grad enabled, as in training.
 
@@ -55,6 +56,8 @@ import argparse
 import contextlib
 import csv
 import ctypes
+import gc
+import itertools
 import math
 import os
 import platform
@@ -101,6 +104,8 @@ MALLOC_NOTES = {
 }
 QUICK = {"sizes": [2**10, 2**14], "dtypes": ["float32"], "min_run_time": 0.02, "rounds": 2}
 ROUNDS = 5
+# How long a timed block of calls lasts: short, so that the contenders alternate often.
+BLOCK_SECONDS = 1e-3
 COLUMNS = (
     "device", "device_name", "torch", "threads", "malloc", "op", "impl", "pass", "dtype", "n",
     "shape", "median_us", "iqr_us", "blocks", "gbps", "copy_fraction", "peak_mem_mb", "compile_s",
@@ -171,8 +176,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-run-time", type=_cli.positive(float), metavar="SECONDS",
                         help="seconds of timing per cell (default 0.2; 0.02 with --quick)")
     parser.add_argument("--rounds", type=_cli.positive(int), metavar="N",
-                        help=f"turns the contenders take, each timed min-run-time/rounds per "
-                             f"turn (default {ROUNDS}; {QUICK['rounds']} with --quick)")
+                        help=f"fewest timed blocks per contender (default {ROUNDS}; "
+                             f"{QUICK['rounds']} with --quick)")
 
 
 def _settings(args) -> argparse.Namespace:
@@ -245,23 +250,44 @@ def _pass_fn(fn, inputs, g, pass_: str):
 
 
 def _time_rounds(stmts: dict, min_run_time: float, rounds: int) -> dict:
-    """{key: the per-call seconds of every timed block} for ``stmts`` ({key: statement}), timed
-    in turns: ``rounds`` rounds, in each of which every statement gets
-    ``Timer.blocked_autorange(min_run_time / rounds)``. A burst of load from another process
-    then spoils one round of one contender, which the median over all blocks shrugs off, instead
-    of a whole cell."""
-    from torch.utils import benchmark  # imported here: it costs every other subcommand ~0.2 s
+    """{key: the per-call seconds of every timed block} for ``stmts`` ({key: statement}). After a
+    warm-up, the statements alternate block by block, in reversed order every other pass (each
+    then follows a different one), a block being as many calls as take about BLOCK_SECONDS (at
+    least one), until each has run for ``min_run_time`` and at least ``rounds`` blocks; one that
+    has, sits out the passes left. A shared machine's load changes from second to second: turns
+    of a fifth of ``min_run_time`` each caught one contender in a burst and the next out of it,
+    and moved a ratio of two by up to 30% between runs (benchmarks/NOTES.md §23, §24); block by
+    block, the load falls on all alike."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
-    for stmt in stmts.values():  # warm-up: allocator caches, lazy initialisation
-        for _ in range(3):
-            stmt()
+    def timed(stmt, calls: int) -> float:  # without the garbage collector, as timeit times
+        sync()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            for _ in range(calls):
+                stmt()
+            sync()
+            return time.perf_counter() - start
+        finally:
+            gc.enable()
+
+    calls = {}
+    for key, stmt in stmts.items():  # warm-up (allocator caches, lazy initialisation), and a
+        one = min(timed(stmt, 1) for _ in range(3))  # call's time, for the block's size
+        calls[key] = max(1, round(BLOCK_SECONDS / max(one, 1e-9)))
     times = {key: [] for key in stmts}
-    for _ in range(rounds):
-        for key, stmt in stmts.items():
-            timer = benchmark.Timer("stmt()", globals={"stmt": stmt},
-                                    num_threads=torch.get_num_threads())
-            times[key] += timer.blocked_autorange(min_run_time=min_run_time / rounds).times
-    return times
+    spent = dict.fromkeys(stmts, 0.0)
+    keys = list(stmts)
+    for p in itertools.count():
+        due = [key for key in (keys if p % 2 == 0 else keys[::-1])
+               if spent[key] < min_run_time or len(times[key]) < rounds]
+        if not due:
+            return times
+        for key in due:
+            seconds = timed(stmts[key], calls[key])
+            times[key].append(seconds / calls[key])
+            spent[key] += seconds
 
 
 def _peak_mem_mb(stmt, device: str) -> float:
@@ -697,10 +723,10 @@ def _header(cfg, meta, load) -> list[str]:
         f"| host memory | {MALLOC_NOTES[meta['malloc']]} |",
         f"| load average | {load[0]:.1f} at the start, {load[1]:.1f} at the end (1 minute; other "
         "processes competing for the cores make every time longer and noisier) |",
-        f"| timing | for each op and pass, its contenders and the floors take {cfg.rounds} turns "
-        f"of `Timer.blocked_autorange(min_run_time={cfg.min_run_time / cfg.rounds:g})`; the "
-        "median over all the blocks of a contender's turns (interquartile ranges and block "
-        "counts in results.csv) |",
+        f"| timing | for each op and pass, its contenders and the floors alternate blocks of "
+        f"calls (about {BLOCK_SECONDS * 1e3:g} ms each, at least one call), until each has run "
+        f"{cfg.min_run_time:g} s and {cfg.rounds} blocks; the median over a contender's blocks "
+        "(interquartile ranges and block counts in results.csv) |",
         f"| command | `{_command(cfg, meta)}` |", "",
         "µs: median time per call. *vs X*: X's time / torchext's (above 1: torchext is faster). "
         "*neg/torchext*: `torch.neg`'s time for the same pass / torchext's (1: as cheap as the "

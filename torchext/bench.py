@@ -39,7 +39,7 @@ Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and on
   shape       per-channel rows only: the CHANNEL_CASES key (x's shape); their impl is torchext,
               torchext-1 (one-element coefficients on the same x), eager or compile
   median_us, iqr_us   median time per call and its interquartile range over the timed blocks
-              of all turns, microseconds
+              of its blocks, microseconds
   blocks      how many timed blocks (of one or more calls) they come from; with one the IQR is 0
   gbps        GB/s counted from the fewest bytes the pass must move: fwd reads x and writes y
               (2 n itemsize), bwd reads g and x and writes dx (3), fwdbwd both (5), copy 2
@@ -359,7 +359,7 @@ def _row(meta, op, impl, pass_, dtype, n, times, **extra) -> dict:
 
 
 def _floor_stmts(floor_inputs, pass_: str, with_copy: bool) -> dict:
-    """The floors that join every op's turns: torch.neg for the pass, and the copy."""
+    """The floors that join every op's passes: torch.neg for the pass, and the copy."""
     (x,), g = floor_inputs
     stmts = {("floor", "neg", pass_): _pass_fn(torch.neg, (x,), g, pass_)}
     if with_copy:
@@ -392,7 +392,7 @@ def _measure_op(cfg, meta, op, dtype, n, floor_inputs, floor_times, progress) ->
 
 
 def _floor_rows(cfg, meta, dtype, n, floor_inputs, floor_times) -> list[dict]:
-    """The floors' rows: the blocks of all their turns, with every op, together."""
+    """The floors' rows: their blocks with every op, together."""
     rows = []
     for key, times in floor_times.items():
         extra = {}

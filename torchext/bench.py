@@ -38,8 +38,8 @@ Output in ``--out``: ``results.csv``, ``results.md`` (tables for reading) and on
   dtype, n    dtype of x (coefficients stay float32) and its number of elements
   shape       per-channel rows only: the CHANNEL_CASES key (x's shape); their impl is torchext,
               torchext-1 (one-element coefficients on the same x), eager or compile
-  median_us, iqr_us   median time per call and its interquartile range over the timed blocks
-              of its blocks, microseconds
+  median_us, iqr_us   median time per call and its interquartile range over the
+              timed blocks, microseconds
   blocks      how many timed blocks (of one or more calls) they come from; with one the IQR is 0
   gbps        GB/s counted from the fewest bytes the pass must move: fwd reads x and writes y
               (2 n itemsize), bwd reads g and x and writes dx (3), fwdbwd both (5), copy 2

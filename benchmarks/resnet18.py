@@ -49,7 +49,7 @@ def time_pairs(stmts: dict, rounds: int, min_run_time: float) -> dict:
     min_run_time and at least twice: the host's load, which on a shared machine changes from
     second to second, then falls on both alike. Timed in turns of min_run_time each instead, the
     ratios of the relu_ rows moved by up to 30% from one run to the next (benchmarks/NOTES.md
-    §22)."""
+    §23)."""
     for stmt in stmts.values():
         stmt()
     keys = list(stmts)
@@ -60,10 +60,12 @@ def time_pairs(stmts: dict, rounds: int, min_run_time: float) -> dict:
             order = keys if len(calls[keys[0]]) % 2 == 0 else keys[::-1]
             for key in order:  # without the garbage collector, as timeit times
                 gc.disable()
-                start = time.perf_counter()
-                stmts[key]()
-                calls[key].append(time.perf_counter() - start)
-                gc.enable()
+                try:
+                    start = time.perf_counter()
+                    stmts[key]()
+                    calls[key].append(time.perf_counter() - start)
+                finally:
+                    gc.enable()
         for key in keys:
             times[key].append(statistics.median(calls[key]) * 1e6)
     return times

@@ -773,7 +773,7 @@ struct Tile {
       row += group ? kRowsAtOnce : 1;
       if constexpr (S > 0) {
         if ((row - c.r0) % kRowsPerFlush == 0 || row == c.r1) {
-          if (row == c.r1 && P == 1) return finish_columns(c, rt, acc, sum, comp, joined);
+          if (row == c.r1 && P == 1) return finish_columns(c, rt, acc, sum, comp);
           join(acc, sum, comp, width, joined);
         }
       }
@@ -804,22 +804,14 @@ struct Tile {
   }
 
   // The tile's last join, with P == 1 (a column is a slot): each column's total straight into the
-  // row tile's partial sums, and the three arrays left zero for the next tile. Without an earlier
-  // join, the total is acc itself (what a TwoSum into zeros, then sum + comp, gives).
-  void finish_columns(const Cols& c, int64_t rt, T* acc, T* sum, T* comp, bool joined) const {
+  // row tile's partial sums, and the three arrays left zero for the next tile.
+  void finish_columns(const Cols& c, int64_t rt, T* acc, T* sum, T* comp) const {
     const int64_t ncols = c.c1 - c.c0, C = job.slots.C;
     for (int j = 0; j < S; ++j) {
       T* __restrict__ to = job.partial + (rt * S + j) * C + c.c0;
       T* __restrict__ a = acc + j * ncols;
       T* __restrict__ s = sum + j * ncols;
       T* __restrict__ cs = comp + j * ncols;
-      if (!joined) {
-        for (int64_t i = 0; i < ncols; ++i) {
-          to[i] = a[i];
-          a[i] = T(0);
-        }
-        continue;
-      }
       for (int64_t i = 0; i < ncols; ++i) {
         T total = s[i], error = cs[i];
         kahan_add(total, error, a[i]);

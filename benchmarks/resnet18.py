@@ -5,7 +5,7 @@ modules swapped for ``torchext.nn.ReLU(inplace=True)``.
 
 Measures, in rounds (``--rounds``; per row the median time over rounds, and the ratio's median
 and range over rounds, which is the noise the goals are judged against; within a round the two
-contenders alternate call by call):
+contenders alternate a block of about a millisecond of calls at a time):
   relu_      forward + backward of the in-place op alone at each of resnet18's activation shapes
              (batch --batch), torchext against torch.relu_ (goal: within 1.1x)
   eager      one training step of the whole model (forward, loss, backward, SGD), both ReLUs
@@ -18,16 +18,14 @@ activations do not swamp what the ReLUs cost.
 
 import argparse
 import csv
-import gc
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import torchext
-from torchext.bench import _device_name, keep_freed_memory
+from torchext.bench import _device_name, _time_rounds, keep_freed_memory
 
 # resnet18's activations (N, C, H, W) at 224x224 input, the stem's first: where its ReLUs run.
 SHAPES = [(64, 112, 112), (64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]
@@ -44,30 +42,18 @@ def swap_relus(model: torch.nn.Module) -> torch.nn.Module:
 
 def time_pairs(stmts: dict, rounds: int, min_run_time: float) -> dict:
     """Each statement's median time per call (µs) in every round. Within a round the statements
-    alternate call by call, in reversed order every other time (whichever runs first after the
-    other may find the caches and the heap as the other left them), until each has run for
-    min_run_time and at least twice: the host's load, which on a shared machine changes from
-    second to second, then falls on both alike. Timed in turns of min_run_time each instead, the
-    ratios of the relu_ rows moved by up to 30% from one run to the next (benchmarks/NOTES.md
-    §23)."""
+    alternate as in ``torchext bench`` (``_time_rounds``: blocks of about a millisecond of calls,
+    at least one, in reversed order every other time), until each has run for min_run_time and
+    at least twice: the host's load, which on a shared machine changes from second to second,
+    then falls on both alike. Timed in turns of min_run_time each instead, the ratios of the
+    relu_ rows moved by up to 30% from one run to the next (benchmarks/NOTES.md §23)."""
     for stmt in stmts.values():
         stmt()
-    keys = list(stmts)
-    times = {key: [] for key in keys}
+    times = {key: [] for key in stmts}
     for _ in range(rounds):
-        calls = {key: [] for key in keys}
-        while min(sum(c) for c in calls.values()) < min_run_time or len(calls[keys[0]]) < 2:
-            order = keys if len(calls[keys[0]]) % 2 == 0 else keys[::-1]
-            for key in order:  # without the garbage collector, as timeit times
-                gc.disable()
-                try:
-                    start = time.perf_counter()
-                    stmts[key]()
-                    calls[key].append(time.perf_counter() - start)
-                finally:
-                    gc.enable()
-        for key in keys:
-            times[key].append(statistics.median(calls[key]) * 1e6)
+        blocks = _time_rounds(stmts, min_run_time, rounds=2, warmup=1)
+        for key, t in blocks.items():
+            times[key].append(statistics.median(t) * 1e6)
     return times
 
 
@@ -162,8 +148,8 @@ def main(argv=None) -> int:
     lines = ["# resnet18 with torchext's in-place ReLU", "",
              f"{_device_name('cpu')}, torch {torch.__version__}, torchvision "
              f"{torchvision.__version__}, {torch.get_num_threads()} threads, malloc {malloc}; "
-             f"the contenders alternate call by call in each round. Command: `python "
-             f"benchmarks/resnet18.py --batch {args.batch} --rounds {args.rounds} "
+             "the contenders alternate blocks of about 1 ms of calls in each round. Command: "
+             f"`python benchmarks/resnet18.py --batch {args.batch} --rounds {args.rounds} "
              f"--min-run-time {args.min_run_time} --malloc {args.malloc}`.",
              "", "| what | shape | torchext µs | torch µs | torchext / torch (range over rounds) |",
              "|---|---|---:|---:|---:|",

@@ -249,9 +249,10 @@ def _pass_fn(fn, inputs, g, pass_: str):
     return lambda: torch.autograd.grad(fn(*inputs), inputs, g)
 
 
-def _time_rounds(stmts: dict, min_run_time: float, rounds: int) -> dict:
+def _time_rounds(stmts: dict, min_run_time: float, rounds: int, warmup: int = 3) -> dict:
     """{key: the per-call seconds of every timed block} for ``stmts`` ({key: statement}). After a
-    warm-up, the statements alternate block by block, in reversed order every other pass (each
+    warm-up (``warmup`` calls each, at least one: the fastest sizes the blocks), the statements
+    alternate block by block, in reversed order every other pass (each
     then follows a different one), a block being as many calls as take about BLOCK_SECONDS (at
     least one), until each has run for ``min_run_time`` and at least ``rounds`` blocks; one that
     has, sits out the passes left. A shared machine's load changes from second to second: turns
@@ -274,7 +275,7 @@ def _time_rounds(stmts: dict, min_run_time: float, rounds: int) -> dict:
 
     calls = {}
     for key, stmt in stmts.items():  # warm-up (allocator caches, lazy initialisation), and a
-        one = min(timed(stmt, 1) for _ in range(3))  # call's time, for the block's size
+        one = min(timed(stmt, 1) for _ in range(max(1, warmup)))  # call's time, for the block
         calls[key] = max(1, round(BLOCK_SECONDS / max(one, 1e-9)))
     times = {key: [] for key in stmts}
     spent = dict.fromkeys(stmts, 0.0)

@@ -3,7 +3,6 @@ argparse errors for bad options."""
 
 import argparse
 import csv
-import itertools
 import math
 import os
 import platform
@@ -133,26 +132,25 @@ def test_out_of_memory_is_an_error_not_a_traceback(monkeypatch, capsys, tmp_path
     assert "--sizes" in err and "allocate" in err
 
 
-def test_contenders_alternate_block_by_block():
+def test_contenders_alternate_block_by_block(monkeypatch):
     # After a warm-up of each, the statements alternate a block at a time, in reversed order every
     # other pass, until each has run min_run_time and `rounds` blocks; each time is one block's.
+    # Blocks of one call each (a block's length is a call's, calibrated by the warm-up, which a
+    # busy machine may stretch): the calls are then the blocks, in order.
+    monkeypatch.setattr(bench, "BLOCK_SECONDS", 1e-12)
     calls = []
     stmts = {key: (lambda key=key: calls.append(key)) for key in ("a", "b", "c")}
-    times = bench._time_rounds(stmts, min_run_time=0.003, rounds=4)
-    turns = [key for key, _ in itertools.groupby(calls)]
-    assert turns[:3] == ["a", "b", "c"]  # the warm-up, three calls each
-    passes = turns[3:]
-    assert passes[:7] == ["a", "b", "c", "b", "a", "b", "c"]  # abc, cba (c twice), abc
-    assert set(times) == set(stmts)
-    assert all(len(t) >= 4 and min(t) > 0 for t in times.values())
-    blocks = len(times["a"])
-    assert passes.count("a") >= blocks // 2  # its blocks are interleaved with the others'
+    times = bench._time_rounds(stmts, min_run_time=0.0, rounds=4)
+    assert calls[:9] == list("aaabbbccc")  # the warm-up, three calls each
+    assert calls[9:] == list("abc" "cba" "abc" "cba")
+    assert {key: len(t) for key, t in times.items()} == dict.fromkeys(stmts, 4)
+    assert all(min(t) > 0 for t in times.values())
 
 
 def test_a_slow_contender_sits_out_once_timed():
     # A statement that has run min_run_time takes no more blocks: the fast ones go on alone.
     calls = []
-    stmts = {"slow": lambda: (time.sleep(0.002), calls.append("slow")),
+    stmts = {"slow": lambda: (time.sleep(0.005), calls.append("slow")),
              "fast": lambda: calls.append("fast")}
     times = bench._time_rounds(stmts, min_run_time=0.01, rounds=2)
     assert len(times["slow"]) < len(times["fast"])

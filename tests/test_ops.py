@@ -83,6 +83,12 @@ COEF_CASES = {
     "long runs": ((2, 3, 1100), [(3, 1)], None),  # run tiles on the CPU and on CUDA
     "many short rows": ((700, 3), [(3,)], None),
     "x's own shape": ((3, 4, 5), [(3, 4, 5)], None),
+    # More slots than the CPU puts in one table (kTableSlots, 4096, csrc/cpu/loops.h): each tile
+    # reads its own slots' values from the coefficients, as columns (two tiles a row), expanded
+    # per group, and as runs.
+    "many slots": ((2, 50, 100), [(50, 100), ()], None),
+    "many groups": ((2, 4100, 3), [(4100, 1)], None),
+    "many long runs": ((1, 4097, 256), [(4097, 1), (1,)], None),
     "two blocks": ((2, 3, 4, 5), [(3, 1, 5), (5,)], None),  # expanded to their union
     "transposed x": ((8, 6), [(6,)], "t"),
     # Blocks that x's memory order splits or reverses (the result is then row-major).

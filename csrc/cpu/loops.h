@@ -58,6 +58,13 @@ constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 <<
 // with 32 MB of last-level cache (benchmarks/NOTES.md §20, §21).
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
+// The most slots whose coefficients a call first copies into one table in T ([N][C]), which every
+// tile then reads. With more (a coefficient per element or per position, C as large as x) each
+// tile converts its own slots' values from the coefficients as it starts: the table, written by
+// one thread and read back, moved more bytes than the op and took longer than its loops
+// (benchmarks/NOTES.md §25). One column tile's slots (4096).
+constexpr int64_t kTableSlots = kTileSizes.cols;
+
 // What the backward loops take of an op besides its math: whether they write dx, and how many
 // sums they take (one per coefficient, or none). Op's own backward writes dx and takes them all;
 // Wanted<Op, dx, sums> (from ops.h's output_mask) may skip either.
@@ -115,18 +122,70 @@ struct Strip {
   friend Strip operator*(Strip a, Strip b) { return {a.lo * b.lo, a.hi * b.hi}; }
 };
 
+// f(S{}) for the C++ type S of dtype t: one switch for a whole row of values, whose loop then
+// vectorizes (math::load and math::store switch per value: with a coefficient per element, the
+// table and the gradients' stores took nine tenths of a backward; benchmarks/NOTES.md §18).
+template <typename F>
+void with_type(math::Dtype t, F&& f) {
+  switch (t) {
+    case math::Dtype::Half: return f(c10::Half{});
+    case math::Dtype::BFloat16: return f(c10::BFloat16{});
+    case math::Dtype::Float: return f(float{});
+    default: return f(double{});
+  }
+}
+
+// n values of dtype t at p, as T (as math::load converts one).
+template <typename T>
+void load_row(const void* p, math::Dtype t, int64_t n, T* __restrict__ out) {
+  with_type(t, [&](auto tag) {
+    using S = decltype(tag);
+    const S* __restrict__ in = static_cast<const S*>(p);
+    for (int64_t i = 0; i < n; ++i) out[i] = math::from_stored<T>(in[i]);
+  });
+}
+
+// n values v stored at p in dtype t (as math::store converts one).
+template <typename T>
+void store_row(void* p, math::Dtype t, int64_t n, const T* __restrict__ v) {
+  with_type(t, [&](auto tag) {
+    using S = decltype(tag);
+    S* __restrict__ out = static_cast<S*>(p);
+    for (int64_t i = 0; i < n; ++i) out[i] = math::to_stored<S>(v[i]);
+  });
+}
+
+// Coefficient src's values in slots [c0, c1), in T, into out (a one-element coefficient's value
+// repeated).
+template <typename T>
+void load_slots(const CoefSource& src, int64_t c0, int64_t c1, T* out) {
+  if (src.per_slot && src.data) {
+    load_row(static_cast<const char*>(src.data) + c0 * math::dtype_size(src.dtype), src.dtype,
+             c1 - c0, out);
+  } else {  // one element; or never read (no data: host_value, 0)
+    std::fill(out, out + (c1 - c0),
+              src.data ? math::load<T>(src.data, src.dtype) : static_cast<T>(src.host_value));
+  }
+}
+
 // What a tile loop needs: the inputs, the output, the coefficients' values per slot, and where
 // its partial sums go.
 template <typename scalar_t, typename T>
 struct Job {
   Operand x, g;
   scalar_t* out;
-  const T* table;  // [N][C]: coefficient j's value in slot c at j * C + c
+  // [N][C]: coefficient j's value in slot c at j * C + c; or null (many slots, kTableSlots): each
+  // tile then reads its slots' values from the coefficients themselves (coefs)
+  const T* table;
+  const CoefSource* coefs;
   Slots slots;
   Tiling tiling;
   T* partial;           // backward: the tiles' partial sums (layout.h)
   bool inplace;         // forward: out is x's own memory
   bool stream = false;  // beyond the caches (kStreamBytes): see Tile's forward and strips
+  // backward: where the column tiles write coefficient j's totals themselves, in place of the
+  // partial sums: its gradient (per slot, in T), where each slot has one partial (one row tile)
+  T* grads[kMaxCoefs] = {};
 };
 
 // What a thread's column tiles keep from tile to tile (loops_impl.h), so that a tile allocates
@@ -204,54 +263,26 @@ void run_backward(const Job<scalar_t, T>& job) {
                    [&](int64_t b, int64_t e) { TORCHEXT_ISA_CALL(backward_tiles<Op>, job, b, e); });
 }
 
-// f(S{}) for the C++ type S of dtype t: one switch for a whole row of values, whose loop then
-// vectorizes (math::load and math::store switch per value: with a coefficient per element, the
-// table and the gradients' stores took nine tenths of a backward; benchmarks/NOTES.md §18).
+// f(c0, c1) over slots [0, C), in parallel only where a pass over them, per_slot values (or adds)
+// a slot, reaches torch's grain: starting and joining the threads costs more than a few thousand
+// (benchmarks/NOTES.md §21). With a coefficient per element C is as large as x, and the
+// gradients' stores, run by one thread while the others waited, took longer than the loops
+// (§25); per channel (C of a few hundred) every pass runs inline.
 template <typename F>
-void with_type(math::Dtype t, F&& f) {
-  switch (t) {
-    case math::Dtype::Half: return f(c10::Half{});
-    case math::Dtype::BFloat16: return f(c10::BFloat16{});
-    case math::Dtype::Float: return f(float{});
-    default: return f(double{});
-  }
+void for_slots(int64_t C, int64_t per_slot, F&& f) {
+  const int64_t grain =
+      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, per_slot));
+  at::parallel_for(0, C, grain, f);
 }
 
-// n values of dtype t at p, as T (as math::load converts one).
+// The coefficients' values per slot, in T: [N][C] (a one-element coefficient repeated), or null
+// where the slots are more than kTableSlots. Every value is written: no zeroing first.
 template <typename T>
-void load_row(const void* p, math::Dtype t, int64_t n, T* __restrict__ out) {
-  with_type(t, [&](auto tag) {
-    using S = decltype(tag);
-    const S* __restrict__ in = static_cast<const S*>(p);
-    for (int64_t i = 0; i < n; ++i) out[i] = math::from_stored<T>(in[i]);
-  });
-}
-
-// n values v stored at p in dtype t (as math::store converts one).
-template <typename T>
-void store_row(void* p, math::Dtype t, int64_t n, const T* __restrict__ v) {
-  with_type(t, [&](auto tag) {
-    using S = decltype(tag);
-    S* __restrict__ out = static_cast<S*>(p);
-    for (int64_t i = 0; i < n; ++i) out[i] = math::to_stored<S>(v[i]);
-  });
-}
-
-// The coefficients' values per slot, in T: [N][C] (a one-element coefficient repeated).
-template <typename T>
-std::vector<T> coef_table(const Call& call) {
+std::unique_ptr<T[]> coef_table(const Call& call) {
   const int64_t C = call.slots.C;
-  std::vector<T> table(call.ncoefs * C);
-  for (int j = 0; j < call.ncoefs; ++j) {
-    const CoefSource& src = call.coefs[j];
-    T* row = table.data() + j * C;
-    if (src.per_slot && src.data) {
-      load_row(src.data, src.dtype, C, row);
-    } else {  // one element; or never read (no data: host_value, 0)
-      std::fill(row, row + C,
-                src.data ? math::load<T>(src.data, src.dtype) : static_cast<T>(src.host_value));
-    }
-  }
+  if (C > kTableSlots) return nullptr;
+  std::unique_ptr<T[]> table(new T[call.ncoefs * C]);
+  for (int j = 0; j < call.ncoefs; ++j) load_slots(call.coefs[j], 0, C, table.get() + j * C);
   return table;
 }
 
@@ -267,7 +298,7 @@ void kahan_add(T& sum, T& comp, T v) {
 // tiles in one row tile: a coefficient per element, say) the partials are the sums themselves:
 // zeroing and filling N·C compensated sums was most of such a backward's memory traffic (§18).
 template <typename T>
-void finish_sums(Call& call, const Tiling& tl, const T* partial) {
+void finish_sums(Call& call, const Tiling& tl, const T* partial, T* const* direct) {
   const int N = call.ncoefs;
   const int64_t C = call.slots.C;
   std::vector<T> sum;
@@ -275,29 +306,46 @@ void finish_sums(Call& call, const Tiling& tl, const T* partial) {
   if (tl.runs || tl.row_tiles > 1) {
     sum.assign(N * C, T(0));
     std::vector<T> comp(N * C);
-    // Slots in parallel only where there are enough partials to add (torch's grain, in adds):
-    // starting and joining the threads costs more than a few thousand adds (benchmarks/NOTES.md
-    // §21; a channels-last backward of 197 rows had 4 row tiles' partials to add per slot).
-    const int64_t adds = std::max<int64_t>(1, N * tl.row_tiles * (tl.runs ? tl.segs : 1));
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / adds);
-    at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
+    // (A channels-last backward of 197 rows has 4 row tiles' partials to add per slot: inline.)
+    for_slots(C, N * tl.row_tiles * (tl.runs ? tl.segs : 1), [&](int64_t c0, int64_t c1) {
       TORCHEXT_ISA_CALL(sum_partials<T>, tl, N, C, partial, c0, c1, sum.data(), comp.data());
       for (int j = 0; j < N; ++j)
         for (int64_t c = c0; c < c1; ++c) sum[j * C + c] += comp[j * C + c];
     });
     totals = sum.data();
   }
+  // Pointers taken here, not in the threads (mutable_data_ptr may materialize a tensor).
+  char* to[kMaxCoefs];
+  math::Dtype dtype[kMaxCoefs];
   for (int j = 0; j < N; ++j) {
+    to[j] = static_cast<char*>(call.kernel_grads[j].mutable_data_ptr());
+    dtype[j] = code_of(call.kernel_grads[j].scalar_type());
+  }
+  for_slots(C, N, [&](int64_t c0, int64_t c1) {
+    for (int j = 0; j < N; ++j)
+      if (call.grad_per_slot[j] && !direct[j])
+        store_row(to[j] + c0 * math::dtype_size(dtype[j]), dtype[j], c1 - c0, totals + j * C + c0);
+  });
+  for (int j = 0; j < N; ++j) {
+    if (call.grad_per_slot[j]) continue;
+    T total = 0, total_comp = 0;
+    for (int64_t c = 0; c < C; ++c) kahan_add(total, total_comp, totals[j * C + c]);
+    math::store(to[j], dtype[j], total + total_comp);
+  }
+}
+
+// The gradients the column tiles write themselves (grads[j], else null): where each slot has one
+// partial sum (one row tile), each coefficient per slot whose gradient is stored in T. With a
+// coefficient per element the partials are as large as x, and writing them, then copying them
+// into the gradients, moved more bytes than the rest of the backward (benchmarks/NOTES.md §25).
+template <typename T>
+void direct_grads(Call& call, const Tiling& tl, T** grads) {
+  if (tl.runs || tl.row_tiles != 1) return;
+  for (int j = 0; j < call.ncoefs; ++j) {
     at::Tensor& out = call.kernel_grads[j];
-    const math::Dtype dtype = code_of(out.scalar_type());
-    char* p = static_cast<char*>(out.mutable_data_ptr());
-    if (call.grad_per_slot[j]) {
-      store_row(p, dtype, C, totals + j * C);
-    } else {
-      T total = 0, total_comp = 0;
-      for (int64_t c = 0; c < C; ++c) kahan_add(total, total_comp, totals[j * C + c]);
-      math::store(p, dtype, total + total_comp);
-    }
+    if (call.grad_per_slot[j] && out.scalar_type() == c10::CppTypeToScalarType<T>::value &&
+        out.is_contiguous())
+      grads[j] = out.mutable_data_ptr<T>();
   }
 }
 
@@ -306,16 +354,17 @@ template <class OpV, typename scalar_t>
 void run_backward_of(Call& call) {
   using T = compute_t<OpV, scalar_t>;
   constexpr int S = kSums<OpV>;
-  const std::vector<T> table = coef_table<T>(call);
+  const std::unique_ptr<T[]> table = coef_table<T>(call);
   const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
   // Every tile writes all of its partial sums: no zeroing needed.
   const std::unique_ptr<T[]> partial(new T[S > 0 ? tiling.partials * S : 0]);
-  const Job<scalar_t, T> job{
-      call.x,        call.g,     call.out.mutable_data_ptr<scalar_t>(),
-      table.data(),  call.slots, tiling,
-      partial.get(), false,      call.numel * 3 * int64_t{sizeof(scalar_t)} > kStreamBytes};
+  Job<scalar_t, T> job{call.x,      call.g,        call.out.mutable_data_ptr<scalar_t>(),
+                       table.get(), call.coefs,    call.slots,
+                       tiling,      partial.get(), /*inplace=*/false};
+  job.stream = call.numel * 3 * int64_t{sizeof(scalar_t)} > kStreamBytes;
+  if constexpr (S > 0) direct_grads(call, tiling, job.grads);
   run_backward<OpV>(job);
-  if constexpr (S > 0) finish_sums(call, tiling, partial.get());
+  if constexpr (S > 0) finish_sums(call, tiling, partial.get(), job.grads);
 }
 
 // The CPU kernels of op Op: forward(x, coefs) -> y, backward(grad, v, coefs, wanted) -> {dx,
@@ -344,12 +393,12 @@ struct Kernels {
     if (call.numel == 0) return;
     TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
       using T = compute_t<Op, scalar_t>;
-      const std::vector<T> table = coef_table<T>(call);
+      const std::unique_ptr<T[]> table = coef_table<T>(call);
       const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
       scalar_t* out = call.out.mutable_data_ptr<scalar_t>();
       const bool stream = call.numel * 2 * int64_t{sizeof(scalar_t)} > kStreamBytes;
-      const Job<scalar_t, T> job{
-          call.x, {}, out, table.data(), call.slots, tiling, nullptr, call.out.is_same(x), stream};
+      const Job<scalar_t, T> job{call.x,     {},     out,     table.get(),         call.coefs,
+                                 call.slots, tiling, nullptr, call.out.is_same(x), stream};
       run_forward<Op>(job);
     });
   }

@@ -381,16 +381,23 @@ struct Tile {
   }
 
   void coefs_of_slot(int64_t c, T* k) const {
-    for (int j = 0; j < N; ++j) k[j] = job.table[j * job.slots.C + c];
+    for (int j = 0; j < N; ++j) {
+      if (job.table) {
+        k[j] = job.table[j * job.slots.C + c];
+      } else {
+        load_slots(job.coefs[j], c, c + 1, k + j);
+      }
+    }
   }
 
   // The coefficients of the columns of slots [c0, c1): coefficient j of column q at
-  // k[j * kstride + q]. With P == 1 they are the table's own; else expanded into ws, once for
-  // the thread's consecutive tiles of the same columns (with one column tile, once a call):
-  // expanded per tile, a grouped forward cost twice a per-channel one (benchmarks/NOTES.md §17).
+  // k[j * kstride + q]. With P == 1 they are the table's own; else (or without a table) expanded
+  // into ws, once for the thread's consecutive tiles of the same columns (with one column tile,
+  // once a call): expanded per tile, a grouped forward cost twice a per-channel one
+  // (benchmarks/NOTES.md §17).
   const T* coefs_of_columns(const Cols& c, Workspace<T>& ws, int64_t* kstride) const {
     const int64_t P = job.slots.P, C = job.slots.C;
-    if (P == 1) {
+    if (P == 1 && job.table) {
       *kstride = C;
       return job.table + c.c0;
     }
@@ -400,7 +407,18 @@ struct Tile {
       ws.expanded.resize(N * ncols);
       for (int j = 0; j < N; ++j) {
         T* to = ws.expanded.data() + j * ncols;
-        for (int64_t s = c.c0; s < c.c1; ++s, to += P) std::fill(to, to + P, job.table[j * C + s]);
+        if (!job.table) {
+          // The slots' values, then each repeated P times from the last slot back (slot s's
+          // value, at s, is read before columns s * P on are written).
+          load_slots(job.coefs[j], c.c0, c.c1, to);
+          for (int64_t s = P > 1 ? c.c1 - c.c0 - 1 : -1; s >= 0; --s) {
+            const T v = to[s];
+            std::fill(to + s * P, to + (s + 1) * P, v);
+          }
+        } else {
+          for (int64_t s = c.c0; s < c.c1; ++s, to += P)
+            std::fill(to, to + P, job.table[j * C + s]);
+        }
       }
       ws.expanded_from = c.c0;
     }
@@ -803,12 +821,19 @@ struct Tile {
     }
   }
 
+  // Where column tile rt's totals of coefficient j go, from slot c0 on: the row tile's partial
+  // sums, or the gradient itself (Job::grads).
+  T* totals_of(int64_t rt, int j, int64_t c0) const {
+    if (job.grads[j]) return job.grads[j] + c0;
+    return job.partial + (rt * S + j) * job.slots.C + c0;
+  }
+
   // The tile's last join, with P == 1 (a column is a slot): each column's total straight into the
   // row tile's partial sums, and the three arrays left zero for the next tile.
   void finish_columns(const Cols& c, int64_t rt, T* acc, T* sum, T* comp) const {
-    const int64_t ncols = c.c1 - c.c0, C = job.slots.C;
+    const int64_t ncols = c.c1 - c.c0;
     for (int j = 0; j < S; ++j) {
-      T* __restrict__ to = job.partial + (rt * S + j) * C + c.c0;
+      T* __restrict__ to = totals_of(rt, j, c.c0);
       T* __restrict__ a = acc + j * ncols;
       T* __restrict__ s = sum + j * ncols;
       T* __restrict__ cs = comp + j * ncols;
@@ -825,7 +850,7 @@ struct Tile {
   // partial sums: the slots side by side (a loop over them vectorizes; one slot's P columns
   // would be a serial chain).
   void slot_sums(const Cols& c, int64_t rt, const T* sum, const T* comp, Workspace<T>& ws) const {
-    const int64_t P = job.slots.P, C = job.slots.C, ncols = (c.c1 - c.c0) * P;
+    const int64_t P = job.slots.P, ncols = (c.c1 - c.c0) * P;
     std::vector<T>& ssum = ws.slot_sum;
     std::vector<T>& scomp = ws.slot_comp;
     for (int j = 0; j < S; ++j) {
@@ -834,8 +859,8 @@ struct Tile {
       for (int64_t q = 0; q < P; ++q)
         for (int64_t s = 0; s < c.c1 - c.c0; ++s)
           kahan_add(ssum[s], scomp[s], sum[j * ncols + s * P + q] + comp[j * ncols + s * P + q]);
-      for (int64_t s = 0; s < c.c1 - c.c0; ++s)
-        job.partial[(rt * S + j) * C + c.c0 + s] = ssum[s] + scomp[s];
+      T* __restrict__ to = totals_of(rt, j, c.c0);
+      for (int64_t s = 0; s < c.c1 - c.c0; ++s) to[s] = ssum[s] + scomp[s];
     }
   }
 };

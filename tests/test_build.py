@@ -47,6 +47,13 @@ def test_package_exports_the_functional_api_and_its_modules():
         [*torchext.functional.__all__, "functional", "library_path", "nn", "reference"]
     )
     assert all(hasattr(torchext, name) for name in torchext.__all__)
+    # Nothing else public but torchext's own submodules (bound as they are imported): no module
+    # that __init__.py imports for itself (os, sys: dir(torchext), completion).
+    public = {name: getattr(torchext, name) for name in dir(torchext) if not name.startswith("_")}
+    others = {name for name, value in public.items()
+              if name not in torchext.__all__
+              and getattr(value, "__name__", None) != f"torchext.{name}"}
+    assert not others
 
 
 def test_build_info_names_this_torch():

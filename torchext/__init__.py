@@ -7,9 +7,10 @@ One function per row of the op table (``torchext.functional.OPS``), e.g.
 ``torch.ops.torchext`` (differentiable themselves: the functions call them).
 """
 
-import importlib.machinery
-import os
-import sys
+# Underscored: a module's imports are its attributes, and these are no part of the API.
+import importlib.machinery as _machinery
+import os as _os
+import sys as _sys
 
 __version__ = "0.1.0"
 
@@ -65,12 +66,12 @@ def library_path() -> str:
     no Python in it. A process that never imports torchext (or a C++ program, by dlopen or by
     linking it) gets the operators with ``torch.ops.load_library(path)``: e.g. to run a program
     saved by ``torch.export`` or AOTInductor."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = os.path.join(here, "_C" + suffix)
-        if os.path.exists(path):
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    for suffix in _machinery.EXTENSION_SUFFIXES:
+        path = _os.path.join(here, "_C" + suffix)
+        if _os.path.exists(path):
             return path
-    raise FileNotFoundError(f"no compiled library (_C{importlib.machinery.EXTENSION_SUFFIXES[0]}) "
+    raise FileNotFoundError(f"no compiled library (_C{_machinery.EXTENSION_SUFFIXES[0]}) "
                             f"in {here}: it has not been built")
 
 
@@ -101,7 +102,7 @@ def _load() -> None:
 
 def _python_m_module() -> str | None:
     """The module that ``python -m NAME`` (or ``-mNAME``) runs, from sys.orig_argv."""
-    args = iter(sys.orig_argv[1:])
+    args = iter(_sys.orig_argv[1:])
     for arg in args:
         if arg.startswith("-m"):
             return arg[2:] or next(args, None)
@@ -112,10 +113,10 @@ def _command_line_starting() -> bool:
     """Whether this import starts torchext's command line (``python -m torchext``, or the
     ``torchext`` script): then torch (seconds to import) waits until a subcommand needs it, and
     ``--help`` answers at once. While ``python -m`` looks for its module, sys.argv[0] is "-m"."""
-    if sys.argv[:1] == ["-m"]:
+    if _sys.argv[:1] == ["-m"]:
         return _python_m_module() in ("torchext", "torchext.__main__")
-    main = sys.modules.get("__main__")
-    return os.path.basename(getattr(main, "__file__", None) or "") == "torchext"
+    main = _sys.modules.get("__main__")
+    return _os.path.basename(getattr(main, "__file__", None) or "") == "torchext"
 
 
 if _command_line_starting():

@@ -457,6 +457,14 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     // 5) went to two threads as 128 and 69.
     t.rows_per_tile = ceil_div(t.rows, ceil_div(t.rows, t.rows_per_tile));
     t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
+    // Enough tiles for the threads, which take whole tiles: a few wide rows made one or two (64
+    // rows of 3072 columns: one tile, so one thread ran the whole backward). Narrower column
+    // tiles, not shorter rows: the partial sums stay one per slot and row tile.
+    const int64_t want = std::min(sizes.min_tiles, numel / sizes.grain);
+    if (t.row_tiles * t.col_tiles < want) {
+      t.slots_per_tile = ceil_div(C, std::min(C, ceil_div(want, t.row_tiles)));
+      t.col_tiles = ceil_div(C, t.slots_per_tile);
+    }
     t.tiles = t.row_tiles * t.col_tiles;
     t.partials = t.row_tiles * C;
   }

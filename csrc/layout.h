@@ -145,6 +145,9 @@ struct TileSizes {
   int64_t min_rows;  // rows a column tile takes at least, before the row tiles are evened out
   int64_t max_rows;  // most rows in a column tile
   int64_t run_rows;  // most rows of a run in one tile (1: the tiles lie in memory order)
+  // Column tiles: at least min(min_tiles, numel / grain) of them, narrower where the rows alone
+  // give fewer (0: no such floor)
+  int64_t min_tiles = 0, grain = 1;
 };
 
 Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes);

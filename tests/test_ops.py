@@ -79,6 +79,9 @@ COEF_CASES = {
     # Rows of 12800 columns: four column tiles on the CPU (at most 4096 columns each), two or
     # more to a thread, which must not reuse one tile's coefficients per column for the next.
     "per group, wide rows": ((3, 128, 100), [(128, 1)], None),
+    # 64 rows of 3001: one row tile, which the CPU cuts into five column tiles of 601 columns (at
+    # least one tile per 32768 elements, make_tiling's min_tiles), the last one narrower.
+    "few wide rows": ((64, 3001), [(3001,)], None),
     "mixed": ((3, 5, 8), [(8,), (), (1, 8), (1, 1, 1)], None),
     "long runs": ((2, 3, 1100), [(3, 1)], None),  # run tiles on the CPU and on CUDA
     "many short rows": ((700, 3), [(3,)], None),

@@ -46,10 +46,13 @@ constexpr int kLanes = 16;
 // segments of 4K (the unit of a backward's partial sums, and what a thread takes whole: a thread's
 // tiles end within half a segment of where torch would end its range), one row's segment a tile,
 // so that the tiles lie in memory order (tiles of several rows of one slot's run jumped from row
-// to row, which the prefetchers followed worse: benchmarks/NOTES.md §20).
-constexpr TileSizes kTileSizes{/*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
-                               /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14,
-                               /*run_rows=*/1};
+// to row, which the prefetchers followed worse: benchmarks/NOTES.md §20). At least 8 tiles, or
+// one per 32768 elements (torch's grain) where that is fewer: a few wide rows otherwise made one
+// tile, which one thread ran alone (§26).
+constexpr TileSizes kTileSizes{
+    /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
+    /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14,
+    /*run_rows=*/1,     /*min_tiles=*/8, /*grain=*/at::internal::GRAIN_SIZE};
 
 // A call whose inputs and output together exceed this many bytes reads them from memory, not
 // from the caches. There a backward's column tiles prefetch ahead (loops_impl.h's strips), and a

@@ -83,6 +83,7 @@ CONTENDERS = ("torchext", "tutorial", "eager", "compile")
 CHANNEL_CASES = {
     "32x197x768": ((32, 197, 768), (768,)),  # a ViT's [B, L, C], channels last
     "1x197x768": ((1, 197, 768), (768,)),  # the same for one image: in the caches
+    "8x197x3072": ((8, 197, 3072), (3072,)),  # its MLP's hidden activations: wide rows
     "64x64x56x56": ((64, 64, 56, 56), (64, 1, 1)),  # a ResNet's [N, C, H, W], channels first
 }
 QUICK_CHANNEL_CASES = {"4x16x32": ((4, 16, 32), (32,)), "2x8x8x8": ((2, 8, 8, 8), (8, 1, 1))}

@@ -61,6 +61,12 @@ constexpr TileSizes kTileSizes{
 // with 32 MB of last-level cache (benchmarks/NOTES.md §20, §21).
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
+// Beyond the caches, a forward still takes four rows at once where its rows' coefficients
+// (N · columns · sizeof(T)) exceed this: a third of L1. Row by row, each element then loaded its
+// N coefficients from L2, and per channel on 3072 columns the forward took 2.6 times the
+// one-element one; four rows at once, 1.5 to 1.75 (benchmarks/NOTES.md §26).
+constexpr int64_t kWideCoefBytes = int64_t{16} << 10;
+
 // The most slots whose coefficients a call first copies into one table in T ([N][C]), which every
 // tile then reads. With more (a coefficient per element or per position, C as large as x) each
 // tile converts its own slots' values from the coefficients as it starts: the table, written by

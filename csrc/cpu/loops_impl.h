@@ -535,12 +535,13 @@ struct Tile {
   // Rows [c.r0, c.r1) of the columns of slots [c.c0, c.c1), taking their coefficients k. In the
   // caches, kRowsAtOnce rows at a time (forward_columns). Beyond them, row by row, in memory
   // order: four rows read and written in turn are more streams than the prefetchers follow, and
-  // took 1.6 to 2 times as long there (benchmarks/NOTES.md §21).
+  // took 1.6 to 2 times as long there (benchmarks/NOTES.md §21); unless the rows' coefficients
+  // are wide (kWideCoefBytes).
   void forward_rows(const Cols& c, const T* k, int64_t kstride) const {
     const int64_t W = job.tiling.W, first = c.c0 * job.slots.P;
     const int64_t ncols = (c.c1 - c.c0) * job.slots.P;
     int64_t row = c.r0;
-    if (!job.stream) {
+    if (!job.stream || ncols * N * int64_t{sizeof(T)} > kWideCoefBytes) {
       if constexpr (std::is_same_v<T, scalar_t>) {
         if (job.inplace || job.x.kind == Operand::kDense) {
           const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);

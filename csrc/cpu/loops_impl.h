@@ -380,14 +380,19 @@ struct Tile {
     return lo;
   }
 
-  void coefs_of_slot(int64_t c, T* k) const {
-    for (int j = 0; j < N; ++j) {
-      if (job.table) {
-        k[j] = job.table[j * job.slots.C + c];
-      } else {
-        load_slots(job.coefs[j], c, c + 1, k + j);
-      }
+  // Coefficient j's values in slots [c0, c1), into to: the table's, or (no table) converted from
+  // the coefficient itself.
+  void slot_values(int j, int64_t c0, int64_t c1, T* to) const {
+    if (job.table) {
+      const T* row = job.table + j * job.slots.C;
+      std::copy(row + c0, row + c1, to);
+    } else {
+      load_slots(job.coefs[j], c0, c1, to);
     }
+  }
+
+  void coefs_of_slot(int64_t c, T* k) const {
+    for (int j = 0; j < N; ++j) slot_values(j, c, c + 1, k + j);
   }
 
   // The coefficients of the columns of slots [c0, c1): coefficient j of column q at
@@ -406,18 +411,13 @@ struct Tile {
     if (ws.expanded_from != c.c0 || ws.expanded.size() != static_cast<size_t>(N * ncols)) {
       ws.expanded.resize(N * ncols);
       for (int j = 0; j < N; ++j) {
+        // The slots' values, then each repeated P times from the last slot back (slot s's value,
+        // at s, is read before columns s * P on are written).
         T* to = ws.expanded.data() + j * ncols;
-        if (!job.table) {
-          // The slots' values, then each repeated P times from the last slot back (slot s's
-          // value, at s, is read before columns s * P on are written).
-          load_slots(job.coefs[j], c.c0, c.c1, to);
-          for (int64_t s = P > 1 ? c.c1 - c.c0 - 1 : -1; s >= 0; --s) {
-            const T v = to[s];
-            std::fill(to + s * P, to + (s + 1) * P, v);
-          }
-        } else {
-          for (int64_t s = c.c0; s < c.c1; ++s, to += P)
-            std::fill(to, to + P, job.table[j * C + s]);
+        slot_values(j, c.c0, c.c1, to);
+        for (int64_t s = P > 1 ? c.c1 - c.c0 - 1 : -1; s >= 0; --s) {
+          const T v = to[s];
+          std::fill(to + s * P, to + (s + 1) * P, v);
         }
       }
       ws.expanded_from = c.c0;

@@ -432,11 +432,20 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
   Tiling t;
+  t.numel = numel;
   if (numel == 0) return t;
   const int64_t C = slots.C, P = C == 1 ? numel : slots.P;
   t.W = C * P;
   t.rows = numel / t.W;
   t.runs = C == 1 || P >= sizes.min_run;
+  // Narrow rows folded: a row of a few columns (channels last on 3 to a few hundred channels) cost
+  // a loop's set-up, the coefficients' loads and the sums' joins per few elements
+  // (benchmarks/NOTES.md §27).
+  if (!t.runs && t.W < sizes.fold_cols && t.rows > 1) {
+    t.fold = std::min(ceil_div(sizes.fold_cols, t.W), t.rows);
+    t.W *= t.fold;
+    t.rows = ceil_div(numel, t.W);
+  }
   if (t.runs) {
     t.seg = std::min(sizes.seg, P);
     t.segs = ceil_div(P, t.seg);
@@ -448,7 +457,7 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
   } else {
     t.slots_per_tile = std::clamp<int64_t>(sizes.cols / P, 1, C);
     t.col_tiles = ceil_div(C, t.slots_per_tile);
-    const int64_t cols = t.slots_per_tile * P;
+    const int64_t cols = t.slots_per_tile * P * t.fold;
     // At least min_rows rows: a tile's partial sums (N·slots) stay small beside its elements.
     const int64_t rows = std::max(sizes.target / cols, sizes.min_rows);
     t.rows_per_tile = std::clamp<int64_t>(rows, 1, std::min(sizes.max_rows, t.rows));
@@ -461,7 +470,7 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     // rows of 3072 columns: one tile, so one thread ran the whole backward). Narrower column
     // tiles, not shorter rows: the partial sums stay one per slot and row tile.
     const int64_t want = std::min(sizes.min_tiles, numel / sizes.grain);
-    if (t.row_tiles * t.col_tiles < want) {
+    if (t.row_tiles * t.col_tiles < want && t.fold == 1) {
       t.slots_per_tile = ceil_div(C, std::min(C, ceil_div(want, t.row_tiles)));
       t.col_tiles = ceil_div(C, t.slots_per_tile);
     }

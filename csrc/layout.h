@@ -127,9 +127,13 @@ void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, 
 //            tile t = (row tile · C + slot) · segs + segment; its partial sums: [N] at t·N
 //   columns: a tile is rows [r0, r1) of the columns of slots_per_tile whole slots (short runs);
 //            its partial sums: [N][C] at row tile·N·C, the tile's slots in place.
+//            Narrow rows are folded: fold rows of memory taken as one row of W = fold·C·P
+//            columns (column q in slot (q / P) % C), the last row cut short where fold does not
+//            divide them; the tiles then span every column (one column tile).
 // Both depend only on the shapes (never on thread counts): the sums are deterministic.
 struct Tiling {
   bool runs = true;
+  int64_t numel = 0, fold = 1;
   int64_t W = 0, rows = 0, rows_per_tile = 1, row_tiles = 0;
   int64_t seg = 0, segs = 0;                  // runs
   int64_t slots_per_tile = 0, col_tiles = 0;  // columns
@@ -148,6 +152,9 @@ struct TileSizes {
   // Column tiles: at least min(min_tiles, numel / grain) of them, narrower where the rows alone
   // give fewer (0: no such floor)
   int64_t min_tiles = 0, grain = 1;
+  // Rows of fewer columns are folded, enough of them taken as one row to make at least this many
+  // columns (0: none folded)
+  int64_t fold_cols = 0;
 };
 
 Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes);

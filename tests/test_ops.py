@@ -85,6 +85,10 @@ COEF_CASES = {
     "mixed": ((3, 5, 8), [(8,), (), (1, 8), (1, 1, 1)], None),
     "long runs": ((2, 3, 1100), [(3, 1)], None),  # run tiles on the CPU and on CUDA
     "many short rows": ((700, 3), [(3,)], None),
+    # Rows of 6 columns (3 groups of 2), which the CPU folds 86 to a row of 516 columns
+    # (make_tiling's fold_cols): three row tiles, the last folded row cut short (66666 = 129 *
+    # 516 + 102).
+    "narrow rows, folded": ((11111, 3, 2), [(3, 1)], None),
     "x's own shape": ((3, 4, 5), [(3, 4, 5)], None),
     # More slots than the CPU puts in one table (kTableSlots, 4096, csrc/cpu/loops.h): each tile
     # reads its own slots' values from the coefficients, as columns (two tiles a row), expanded
@@ -301,17 +305,22 @@ def test_backward_deterministic(op, fn, device, coef_shape):
             assert torch.equal(a, b)
 
 
+# x beyond the caches for a backward: rows of 1030 columns (a strip's tail), 1501 of them (a
+# tile's rows not a multiple of four); and rows of 7, which the CPU folds 74 to a row of 518
+# columns (make_tiling's fold_cols), the last folded row cut short.
+BACKWARD_BEYOND = {"1030 columns": (1501, 1030), "7 columns, folded": (260011, 7)}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("mask", ["all", "no dx", "no sums"])
-def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, dtype, mask):
+@pytest.mark.parametrize("shape", list(BACKWARD_BEYOND.values()), ids=list(BACKWARD_BEYOND))
+def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, dtype, mask, shape):
     """Past kStreamBytes of data (csrc/cpu/loops.h) a channels-last backward runs its column
     tiles a strip at a time, prefetching ahead (strips, csrc/cpu/loops_impl.h). Its results are
     bit for bit those of the loop it stands in for (columns), which a gradient read through a
-    copy (strided, so never taken in place) still takes, with any number of threads: 1030
-    columns (a strip's tail), 1501 rows (a tile's rows not a multiple of four)."""
+    copy (strided, so never taken in place) still takes, with any number of threads."""
     n = len(coef_op.coefs)
     wanted = {"all": None, "no dx": [False] + [True] * n, "no sums": [True] + [False] * n}[mask]
-    shape = (1501, 1030)
     x = randn(*shape, dtype=dtype)
     g = randn(*shape, dtype=dtype, seed=1)
     assert 3 * g.numel() * g.element_size() > 16 << 20  # beyond kStreamBytes
@@ -331,14 +340,17 @@ def test_backward_beyond_the_caches_gives_the_bits_of_the_cached_loop(coef_op, d
         assert torch.equal(bits(a), bits(b)) and torch.equal(bits(a), bits(c)), i
 
 
+# The same for a forward (x of 4.3M elements): 1030 columns, and 7 (folded as above).
+FORWARD_BEYOND = {"1030 columns": (4201, 1030), "7 columns, folded": (620011, 7)}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype):
+@pytest.mark.parametrize("shape", list(FORWARD_BEYOND.values()), ids=list(FORWARD_BEYOND))
+def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype, shape):
     """In the caches a channels-last forward takes four rows at a time (forward_columns,
     csrc/cpu/loops_impl.h; bfloat16 through buffers, forward_buffered); past kStreamBytes of data
     (csrc/cpu/loops.h), one row at a time. An element's result is the same either way: the whole
-    x (beyond) against pieces of 97 rows (in the caches; a tile's rows not a multiple of four),
-    1030 columns."""
-    shape = (4201, 1030)
+    x (beyond) against pieces of 97 rows (in the caches; a tile's rows not a multiple of four)."""
     x = randn(*shape, dtype=dtype)
     assert 2 * x.numel() * x.element_size() > 16 << 20  # beyond kStreamBytes
     cs = coefs(coef_op, dtype, "cpu", [(shape[1],), (), (shape[1],), (1, shape[1])],
@@ -350,11 +362,12 @@ def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype):
 
 @pytest.mark.parametrize(
     "shape, coef_shape",
-    [((1 << 20,), ()), ((256, 4096), (4096,)), ((4096, 256), (256,))],
-    ids=["one-element", "per channel, long rows", "per channel, many rows"],
+    [((1 << 20,), ()), ((256, 4096), (4096,)), ((4096, 256), (256,)), ((1 << 17, 8), (8,))],
+    ids=["one-element", "per channel, long rows", "per channel, many rows", "per channel, folded"],
 )
 def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_shape):
-    """Each coefficient gradient is a sum of 2^20 float32 terms (or per channel, of 256 or 4096).
+    """Each coefficient gradient is a sum of 2^20 float32 terms (or per channel, of 256, 4096 or
+    2^17: rows of 8 columns, which the CPU folds 64 to a row, make_tiling's fold_cols).
     Against the exact sums (math.fsum) of the very terms the kernel adds (it returns them as the
     gradient of a coefficient of x's own shape), its error relative to the sum of the terms'
     magnitudes (the measure summation error bounds use), averaged over every sum, is no larger

@@ -48,11 +48,14 @@ constexpr int kLanes = 16;
 // so that the tiles lie in memory order (tiles of several rows of one slot's run jumped from row
 // to row, which the prefetchers followed worse: benchmarks/NOTES.md §20). At least 8 tiles, or
 // one per 32768 elements (torch's grain) where that is fewer: a few wide rows otherwise made one
-// tile, which one thread ran alone (§26).
+// tile, which one thread ran alone (§26). Rows of fewer than 512 columns folded into rows of at
+// least 512: row by row, 3 channels last took 4 to 15 times the one-element time, 16 twice (§27).
 constexpr TileSizes kTileSizes{
     /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
     /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14,
-    /*run_rows=*/1,     /*min_tiles=*/8, /*grain=*/at::internal::GRAIN_SIZE};
+    /*run_rows=*/1,     /*min_tiles=*/8, /*grain=*/at::internal::GRAIN_SIZE,
+    /*fold_cols=*/512};
+static_assert(kTileSizes.fold_cols <= kTileSizes.cols, "a folded row is one column tile");
 
 // A call whose inputs and output together exceed this many bytes reads them from memory, not
 // from the caches. There a backward's column tiles prefetch ahead (loops_impl.h's strips), and a
@@ -260,14 +263,14 @@ using compute_t = std::conditional_t<kOnStoredType<Op>, scalar_t, at::opmath_typ
 // column tile each (two threads took 197 such rows as 128 and 69 by tiles, §21).
 template <class Op, typename scalar_t, typename T>
 void run_forward(const Job<scalar_t, T>& job) {
-  const int64_t numel = job.tiling.rows * job.tiling.W;
+  const int64_t numel = job.tiling.numel;
   at::parallel_for(0, numel, at::internal::GRAIN_SIZE,
                    [&](int64_t b, int64_t e) { TORCHEXT_ISA_CALL(forward_tiles<Op>, job, b, e); });
 }
 
 template <class Op, typename scalar_t, typename T>
 void run_backward(const Job<scalar_t, T>& job) {
-  const int64_t numel = job.tiling.rows * job.tiling.W;
+  const int64_t numel = job.tiling.numel;
   at::parallel_for(0, numel, at::internal::GRAIN_SIZE,
                    [&](int64_t b, int64_t e) { TORCHEXT_ISA_CALL(backward_tiles<Op>, job, b, e); });
 }

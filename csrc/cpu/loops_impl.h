@@ -349,6 +349,10 @@ struct Tile {
     return {r0, r1, c0, c1};
   }
 
+  // The columns of slots [c.c0, c.c1) in a row: P each, in each of the rows folded into one (a
+  // folded row's slots are all of them, in one column tile).
+  int64_t width(const Cols& c) const { return (c.c1 - c.c0) * job.slots.P * job.tiling.fold; }
+
   // The middle of tile t's elements in memory order (flat index), halfway from its first to its
   // last: it grows with t.
   int64_t middle(int64_t t) const {
@@ -361,7 +365,7 @@ struct Tile {
     } else {
       const Cols c = cols_of(t);
       first = c.r0 * tl.W + c.c0 * job.slots.P;
-      last = (c.r1 - 1) * tl.W + c.c1 * job.slots.P - 1;
+      last = (c.r1 - 1) * tl.W + c.c0 * job.slots.P + width(c) - 1;
     }
     return first + (last - first) / 2;
   }
@@ -396,29 +400,32 @@ struct Tile {
   }
 
   // The coefficients of the columns of slots [c0, c1): coefficient j of column q at
-  // k[j * kstride + q]. With P == 1 they are the table's own; else (or without a table) expanded
-  // into ws, once for the thread's consecutive tiles of the same columns (with one column tile,
-  // once a call): expanded per tile, a grouped forward cost twice a per-channel one
-  // (benchmarks/NOTES.md §17).
+  // k[j * kstride + q]. With P == 1 (rows not folded) they are the table's own; else (or without
+  // a table) expanded into ws, once for the thread's consecutive tiles of the same columns (with
+  // one column tile, once a call): expanded per tile, a grouped forward cost twice a per-channel
+  // one (benchmarks/NOTES.md §17).
   const T* coefs_of_columns(const Cols& c, Workspace<T>& ws, int64_t* kstride) const {
     const int64_t P = job.slots.P, C = job.slots.C;
-    if (P == 1 && job.table) {
+    if (P == 1 && job.tiling.fold == 1 && job.table) {
       *kstride = C;
       return job.table + c.c0;
     }
-    const int64_t ncols = (c.c1 - c.c0) * P;
+    const int64_t ncols = width(c), slot_cols = (c.c1 - c.c0) * P;
     *kstride = ncols;
     if (ws.expanded_from != c.c0 || ws.expanded.size() != static_cast<size_t>(N * ncols)) {
       ws.expanded.resize(N * ncols);
       for (int j = 0; j < N; ++j) {
         // The slots' values, then each repeated P times from the last slot back (slot s's value,
-        // at s, is read before columns s * P on are written).
+        // at s, is read before columns s * P on are written), then the whole once more for each
+        // row folded in.
         T* to = ws.expanded.data() + j * ncols;
         slot_values(j, c.c0, c.c1, to);
         for (int64_t s = P > 1 ? c.c1 - c.c0 - 1 : -1; s >= 0; --s) {
           const T v = to[s];
           std::fill(to + s * P, to + (s + 1) * P, v);
         }
+        for (int64_t q = slot_cols; q < ncols; q += slot_cols)
+          std::copy(to, to + slot_cols, to + q);
       }
       ws.expanded_from = c.c0;
     }
@@ -549,8 +556,7 @@ struct Tile {
   // are wide (kWideCoefBytes): then four rows at once still, and 16-bit rows prefetch the next
   // four's lines (forward_buffered).
   void forward_rows(const Cols& c, const T* k, int64_t kstride) const {
-    const int64_t W = job.tiling.W, first = c.c0 * job.slots.P;
-    const int64_t ncols = (c.c1 - c.c0) * job.slots.P;
+    const int64_t W = job.tiling.W, first = c.c0 * job.slots.P, ncols = width(c);
     int64_t row = c.r0;
     if (!job.stream || ncols * N * int64_t{sizeof(T)} > kWideCoefBytes) {
       if constexpr (std::is_same_v<T, scalar_t>) {
@@ -774,7 +780,7 @@ struct Tile {
       return;
     }
     const Cols c = cols_of(t);
-    const int64_t P = job.slots.P, ncols = (c.c1 - c.c0) * P;
+    const int64_t P = job.slots.P, ncols = width(c);
     int64_t kstride;
     const T* k = coefs_of_columns(c, ws, &kstride);
     // kRowsAtOnce rows at a time, each row's columns in order: memory in order, as the forward
@@ -788,11 +794,14 @@ struct Tile {
     T* comp = sum + width;
     // Dense rows of T need no buffers: a row's columns in one go, not a block at a time.
     const int64_t block = in_place_inputs() ? ncols : kBlock;
+    // Rows whole: all but a folded tiling's last, which may hold fewer columns.
+    const int64_t whole = tl.numel / tl.W;
     bool joined = false;
     for (int64_t row = c.r0; row < c.r1;) {
-      const bool group = row + kRowsAtOnce <= c.r1;
-      for (int64_t q = 0; q < ncols; q += block) {
-        const int64_t e = row * tl.W + c.c0 * P + q, len = std::min(block, ncols - q);
+      const bool group = row + kRowsAtOnce <= std::min(c.r1, whole);
+      const int64_t cols = row < whole ? ncols : tl.numel - row * tl.W;
+      for (int64_t q = 0; q < cols; q += block) {
+        const int64_t e = row * tl.W + c.c0 * P + q, len = std::min(block, cols - q);
         T* const a = S > 0 ? acc + q : nullptr;
         if (group) {
           backward_columns<kRowsAtOnce>(e, len, k + q, kstride, a, ncols);
@@ -803,13 +812,13 @@ struct Tile {
       row += group ? kRowsAtOnce : 1;
       if constexpr (S > 0) {
         if ((row - c.r0) % kRowsPerFlush == 0 || row == c.r1) {
-          if (row == c.r1 && P == 1) return finish_columns(c, rt, acc, sum, comp);
+          if (row == c.r1 && ncols == c.c1 - c.c0) return finish_columns(c, rt, acc, sum, comp);
           join(acc, sum, comp, width, joined);
         }
       }
     }
-    // P > 1: slot_sums adds each slot's P column totals. Read, the sums are zeroed for the next
-    // tile (acc is zero after the last join).
+    // Several columns per slot (P > 1, or rows folded): slot_sums adds each slot's column totals.
+    // Read, the sums are zeroed for the next tile (acc is zero after the last join).
     if constexpr (S > 0) {
       slot_sums(c, rt, sum, comp, ws);
       std::fill(sum, sum + width, T(0));
@@ -840,8 +849,8 @@ struct Tile {
     return job.partial + (rt * S + j) * job.slots.C + c0;
   }
 
-  // The tile's last join, with P == 1 (a column is a slot): each column's total straight into the
-  // row tile's partial sums, and the three arrays left zero for the next tile.
+  // The tile's last join, where a column is a slot (P == 1, rows not folded): each column's total
+  // straight into the row tile's partial sums, and the three arrays left zero for the next tile.
   void finish_columns(const Cols& c, int64_t rt, T* acc, T* sum, T* comp) const {
     const int64_t ncols = c.c1 - c.c0;
     for (int j = 0; j < S; ++j) {
@@ -858,21 +867,22 @@ struct Tile {
     }
   }
 
-  // Each slot's P column totals (sum + comp, [N][ncols]), in column order, into the row tile's
-  // partial sums: the slots side by side (a loop over them vectorizes; one slot's P columns
-  // would be a serial chain).
+  // Each slot's column totals (sum + comp, [N][ncols]: P columns, in each row folded into one),
+  // in column order, into the row tile's partial sums: the slots side by side (a loop over them
+  // vectorizes; one slot's columns would be a serial chain).
   void slot_sums(const Cols& c, int64_t rt, const T* sum, const T* comp, Workspace<T>& ws) const {
-    const int64_t P = job.slots.P, ncols = (c.c1 - c.c0) * P;
+    const int64_t P = job.slots.P, n = c.c1 - c.c0, ncols = width(c);
     std::vector<T>& ssum = ws.slot_sum;
     std::vector<T>& scomp = ws.slot_comp;
     for (int j = 0; j < S; ++j) {
-      ssum.assign(c.c1 - c.c0, T(0));
-      scomp.assign(c.c1 - c.c0, T(0));
-      for (int64_t q = 0; q < P; ++q)
-        for (int64_t s = 0; s < c.c1 - c.c0; ++s)
-          kahan_add(ssum[s], scomp[s], sum[j * ncols + s * P + q] + comp[j * ncols + s * P + q]);
+      ssum.assign(n, T(0));
+      scomp.assign(n, T(0));
+      for (int64_t f = j * ncols; f < (j + 1) * ncols; f += n * P)  // each folded row's columns
+        for (int64_t q = 0; q < P; ++q)
+          for (int64_t s = 0; s < n; ++s)
+            kahan_add(ssum[s], scomp[s], sum[f + s * P + q] + comp[f + s * P + q]);
       T* __restrict__ to = totals_of(rt, j, c.c0);
-      for (int64_t s = 0; s < c.c1 - c.c0; ++s) to[s] = ssum[s] + scomp[s];
+      for (int64_t s = 0; s < n; ++s) to[s] = ssum[s] + scomp[s];
     }
   }
 };

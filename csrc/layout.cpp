@@ -438,8 +438,8 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
   t.W = C * P;
   t.rows = numel / t.W;
   t.runs = C == 1 || P >= sizes.min_run;
-  // Narrow rows folded: a row of a few columns (channels last on 3 to a few hundred channels) cost
-  // a loop's set-up, the coefficients' loads and the sums' joins per few elements
+  // Narrow rows folded: a row of a few columns (channels last on 3 to a few dozen channels) cost a
+  // loop's set-up, the coefficients' loads and the sums' joins per few elements
   // (benchmarks/NOTES.md §27).
   if (!t.runs && t.W < sizes.fold_cols && t.rows > 1) {
     t.fold = std::min(ceil_div(sizes.fold_cols, t.W), t.rows);

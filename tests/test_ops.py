@@ -85,9 +85,9 @@ COEF_CASES = {
     "mixed": ((3, 5, 8), [(8,), (), (1, 8), (1, 1, 1)], None),
     "long runs": ((2, 3, 1100), [(3, 1)], None),  # run tiles on the CPU and on CUDA
     "many short rows": ((700, 3), [(3,)], None),
-    # Rows of 6 columns (3 groups of 2), which the CPU folds 86 to a row of 516 columns
-    # (make_tiling's fold_cols): three row tiles, the last folded row cut short (66666 = 129 *
-    # 516 + 102).
+    # Rows of 6 columns (3 groups of 2), which the CPU folds 22 to a row of 132 columns
+    # (make_tiling's fold_cols): five row tiles, the last folded row cut short (66666 = 505 * 132
+    # + 6).
     "narrow rows, folded": ((11111, 3, 2), [(3, 1)], None),
     "x's own shape": ((3, 4, 5), [(3, 4, 5)], None),
     # More slots than the CPU puts in one table (kTableSlots, 4096, csrc/cpu/loops.h): each tile
@@ -306,7 +306,7 @@ def test_backward_deterministic(op, fn, device, coef_shape):
 
 
 # x beyond the caches for a backward: rows of 1030 columns (a strip's tail), 1501 of them (a
-# tile's rows not a multiple of four); and rows of 7, which the CPU folds 74 to a row of 518
+# tile's rows not a multiple of four); and rows of 7, which the CPU folds 19 to a row of 133
 # columns (make_tiling's fold_cols), the last folded row cut short.
 BACKWARD_BEYOND = {"1030 columns": (1501, 1030), "7 columns, folded": (260011, 7)}
 
@@ -367,7 +367,7 @@ def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype, sh
 )
 def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_shape):
     """Each coefficient gradient is a sum of 2^20 float32 terms (or per channel, of 256, 4096 or
-    2^17: rows of 8 columns, which the CPU folds 64 to a row, make_tiling's fold_cols).
+    2^17: rows of 8 columns, which the CPU folds 16 to a row, make_tiling's fold_cols).
     Against the exact sums (math.fsum) of the very terms the kernel adds (it returns them as the
     gradient of a coefficient of x's own shape), its error relative to the sum of the terms'
     magnitudes (the measure summation error bounds use), averaged over every sum, is no larger

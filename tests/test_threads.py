@@ -26,8 +26,8 @@ OPS = list(TABLE)
 COEF_OPS = [name for name, op in TABLE.items() if op.coefs]
 # How x is shaped and the coefficients vary: one element; per channel along rows of 1000
 # (column tiles); per row-block of 2^14 (run tiles).
-# "narrow channels": rows of 7, which the CPU folds 74 to a row of 518 columns (make_tiling's
-# fold_cols), in 7 row tiles, the last folded row cut short.
+# "narrow channels": rows of 7, which the CPU folds 19 to a row of 133 columns (make_tiling's
+# fold_cols), in 13 row tiles, the last folded row cut short.
 LAYOUTS = {"one-element": ((N,), ()), "per channel": ((151, 1000), (1000,)),
            "per block": ((9, 1 << 14), (9, 1)), "narrow channels": ((30011, 7), (7,))}
 

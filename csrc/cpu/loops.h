@@ -48,13 +48,14 @@ constexpr int kLanes = 16;
 // so that the tiles lie in memory order (tiles of several rows of one slot's run jumped from row
 // to row, which the prefetchers followed worse: benchmarks/NOTES.md §20). At least 8 tiles, or
 // one per 32768 elements (torch's grain) where that is fewer: a few wide rows otherwise made one
-// tile, which one thread ran alone (§26). Rows of fewer than 512 columns folded into rows of at
-// least 512: row by row, 3 channels last took 4 to 15 times the one-element time, 16 twice (§27).
+// tile, which one thread ran alone (§26). Rows of fewer than 128 columns folded into rows of at
+// least 128: row by row, 3 channels last took 4 to 15 times the one-element time, 16 twice; wider
+// rows, 128 and 256, folded to 512 ran no faster, some slower (§27).
 constexpr TileSizes kTileSizes{
     /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
     /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14,
     /*run_rows=*/1,     /*min_tiles=*/8, /*grain=*/at::internal::GRAIN_SIZE,
-    /*fold_cols=*/512};
+    /*fold_cols=*/128};
 static_assert(kTileSizes.fold_cols <= kTileSizes.cols, "a folded row is one column tile");
 
 // A call whose inputs and output together exceed this many bytes reads them from memory, not

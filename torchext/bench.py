@@ -85,6 +85,9 @@ CHANNEL_CASES = {
     "1x197x768": ((1, 197, 768), (768,)),  # the same for one image: in the caches
     "8x197x3072": ((8, 197, 3072), (3072,)),  # its MLP's hidden activations: wide rows
     "64x64x56x56": ((64, 64, 56, 56), (64, 1, 1)),  # a ResNet's [N, C, H, W], channels first
+    # A MobileNet's early activations as channels_last memory lays them out ([N, H, W, C]): rows
+    # of 32 columns, narrow
+    "8x112x112x32": ((8, 112, 112, 32), (32,)),
 }
 QUICK_CHANNEL_CASES = {"4x16x32": ((4, 16, 32), (32,)), "2x8x8x8": ((2, 8, 8, 8), (8, 1, 1))}
 CHANNEL_CONTENDERS = ("torchext", "torchext-1", "eager", "compile")

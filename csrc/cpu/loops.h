@@ -369,17 +369,17 @@ void run_backward_of(Call& call) {
   constexpr int S = kSums<OpV>;
   const std::unique_ptr<T[]> table = coef_table<T>(call);
   const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
-  T* direct[kMaxCoefs] = {};
-  if constexpr (S > 0) direct_grads(call, tiling, direct);
+  Job<scalar_t, T> job{call.x,      call.g,     call.out.mutable_data_ptr<scalar_t>(),
+                       table.get(), call.coefs, call.slots,
+                       tiling,      nullptr,    /*inplace=*/false};
+  job.stream = call.numel * 3 * int64_t{sizeof(scalar_t)} > kStreamBytes;
+  if constexpr (S > 0) direct_grads(call, tiling, job.grads);
   // Every tile writes all of its partial sums (none where every gradient is written directly):
   // no zeroing needed.
-  const bool partials = S > 0 && !std::all_of(direct, direct + call.ncoefs, [](T* p) { return p; });
+  const bool partials =
+      S > 0 && !std::all_of(job.grads, job.grads + call.ncoefs, [](T* p) { return p; });
   const std::unique_ptr<T[]> partial(new T[partials ? tiling.partials * S : 0]);
-  Job<scalar_t, T> job{call.x,      call.g,        call.out.mutable_data_ptr<scalar_t>(),
-                       table.get(), call.coefs,    call.slots,
-                       tiling,      partial.get(), /*inplace=*/false};
-  job.stream = call.numel * 3 * int64_t{sizeof(scalar_t)} > kStreamBytes;
-  std::copy(direct, direct + kMaxCoefs, job.grads);
+  job.partial = partial.get();
   run_backward<OpV>(job);
   if constexpr (S > 0) finish_sums(call, tiling, partial.get(), job.grads);
 }

@@ -454,6 +454,24 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
     t.tiles = t.row_tiles * C * t.segs;
     t.partials = t.tiles;
+  } else if (sizes.short_run && P >= sizes.short_run && t.fold == 1) {
+    // Whole rows, walked in memory order, about min_run elements per slot (a tile's partial sums,
+    // N·C, stay small beside its elements); at least min_tiles tiles where the rows allow, else
+    // (a batch of one or two) the rows cut into slots' tiles too.
+    t.short_runs = true;
+    t.rows_per_tile = std::min(ceil_div(sizes.min_run, P), t.rows);
+    t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
+    const int64_t want = std::min(sizes.min_tiles, numel / sizes.grain);
+    if (t.row_tiles < want) {
+      t.rows_per_tile = ceil_div(t.rows, std::min(t.rows, want));
+      t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
+    }
+    t.slots_per_tile = C;
+    if (t.row_tiles < want)
+      t.slots_per_tile = ceil_div(C, std::min(C, ceil_div(want, t.row_tiles)));
+    t.col_tiles = ceil_div(C, t.slots_per_tile);
+    t.tiles = t.row_tiles * t.col_tiles;
+    t.partials = t.row_tiles * C;
   } else {
     t.slots_per_tile = std::clamp<int64_t>(sizes.cols / P, 1, C);
     t.col_tiles = ceil_div(C, t.slots_per_tile);

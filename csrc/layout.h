@@ -130,9 +130,12 @@ void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, 
 //            Narrow rows are folded: fold rows of memory taken as one row of W = fold·C·P
 //            columns (column q in slot (q / P) % C), the last row cut short where fold does not
 //            divide them; the tiles then span every column (one column tile).
+//            Short runs (short_run <= P < min_run; short_runs): column tiles of whole rows
+//            (every slot; fewer only where the rows are too few for the threads), about min_run
+//            elements per slot, walked in memory order a slot's run at a time.
 // Both depend only on the shapes (never on thread counts): the sums are deterministic.
 struct Tiling {
-  bool runs = true;
+  bool runs = true, short_runs = false;
   int64_t numel = 0, fold = 1;
   int64_t W = 0, rows = 0, rows_per_tile = 1, row_tiles = 0;
   int64_t seg = 0, segs = 0;                  // runs
@@ -155,6 +158,8 @@ struct TileSizes {
   // Rows of fewer columns are folded, enough of them taken as one row to make at least this many
   // columns (0: none folded)
   int64_t fold_cols = 0;
+  // Runs of P elements, short_run <= P < min_run, are walked as short runs (0: none)
+  int64_t short_run = 0;
 };
 
 Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes);

@@ -89,6 +89,14 @@ COEF_CASES = {
     # (make_tiling's fold_cols): five row tiles, the last folded row cut short (66666 = 505 * 132
     # + 6).
     "narrow rows, folded": ((11111, 3, 2), [(3, 1)], None),
+    # Runs of 32 to 255 elements (channels first on small maps) go as short runs on the CPU
+    # (make_tiling's short_run), a vector at a time, the last overlapping the one before where the
+    # run is not a multiple of one: 49 elements; 37 read through buffers (x strided); a batch of
+    # one, its row cut into three slots' tiles for the threads; more slots than the table holds.
+    "short runs [N, C, H, W]": ((3, 10, 7, 7), [(10, 1, 1)], None),
+    "short runs, strided x": ((3, 10, 37), [(10, 1)], "slice"),
+    "short runs, a batch of one": ((1, 3000, 40), [(3000, 1), ()], None),
+    "short runs, many slots": ((1, 4100, 32), [(4100, 1)], None),
     "x's own shape": ((3, 4, 5), [(3, 4, 5)], None),
     # More slots than the CPU puts in one table (kTableSlots, 4096, csrc/cpu/loops.h): each tile
     # reads its own slots' values from the coefficients, as columns (two tiles a row), expanded
@@ -360,14 +368,51 @@ def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype, sh
     assert torch.equal(bits(fwd(x, *cs)), bits(pieces))
 
 
+# Runs of 37 elements, channels first: short runs on the CPU (make_tiling's short_run), a vector
+# at a time, the last overlapping the one before. 458 x 31 runs: sixteen threads split the
+# forward's elements within runs, some 1, 5 or 6 elements from a run's start or end.
+SHORT_RUNS = (458, 31, 37)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_short_runs_give_the_same_bits_every_way(coef_op, dtype):
+    """Short runs read x and the gradient in place, or (strided) through buffers, and a thread
+    may take any part of a run, fewer elements than a vector too. Either way, with any number of
+    threads, each result is the same bits."""
+    x = randn(*SHORT_RUNS, dtype=dtype)
+    g = randn(*SHORT_RUNS, dtype=dtype, seed=1)
+
+    def strided(t):
+        return torch.empty(*SHORT_RUNS[:2], 40, dtype=dtype)[..., :37].copy_(t)
+
+    cs = coefs(coef_op, dtype, "cpu", [(31, 1), (), (31, 1), (1, 31, 1)], requires_grad=False)
+    fwd, bwd = operator(coef_op), operator(coef_op, backward=True)
+    y, grads = fwd(x, *cs), bwd(g, x, *cs)
+    ways = {"through buffers": (fwd(strided(x), *cs), bwd(strided(g), strided(x), *cs))}
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 16):
+            torch.set_num_threads(n)
+            ways[f"{n} threads"] = (fwd(x, *cs), bwd(g, x, *cs))
+    finally:
+        torch.set_num_threads(threads)
+    for way, (y_way, grads_way) in ways.items():
+        assert torch.equal(bits(y_way), bits(y)), way
+        for i, (a, b) in enumerate(zip(grads_way, grads, strict=True)):
+            assert torch.equal(bits(a), bits(b)), (way, i)
+
+
 @pytest.mark.parametrize(
     "shape, coef_shape",
-    [((1 << 20,), ()), ((256, 4096), (4096,)), ((4096, 256), (256,)), ((1 << 17, 8), (8,))],
-    ids=["one-element", "per channel, long rows", "per channel, many rows", "per channel, folded"],
+    [((1 << 20,), ()), ((256, 4096), (4096,)), ((4096, 256), (256,)), ((1 << 17, 8), (8,)),
+     ((512, 64, 37), (64, 1))],
+    ids=["one-element", "per channel, long rows", "per channel, many rows", "per channel, folded",
+         "per channel, short runs"],
 )
 def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_shape):
     """Each coefficient gradient is a sum of 2^20 float32 terms (or per channel, of 256, 4096 or
-    2^17: rows of 8 columns, which the CPU folds 16 to a row, make_tiling's fold_cols).
+    2^17: rows of 8 columns, which the CPU folds 16 to a row, make_tiling's fold_cols; or 512
+    runs of 37, short runs, make_tiling's short_run).
     Against the exact sums (math.fsum) of the very terms the kernel adds (it returns them as the
     gradient of a coefficient of x's own shape), its error relative to the sum of the terms'
     magnitudes (the measure summation error bounds use), averaged over every sum, is no larger
@@ -381,7 +426,8 @@ def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_sha
     terms = torch.autograd.grad(coef_op_call(coef_op, x, per_element), per_element, g)
     err_ours, err_torch = [], []
     for got, t in zip(ours, terms, strict=True):
-        columns = t.reshape(-1, 1) if t.dim() == 1 else t  # one sum per column
+        # One sum per column (per channel: dim 1 of [N, C, P]).
+        columns = t.reshape(-1, 1) if t.dim() == 1 else t.transpose(1, -1).reshape(-1, t.shape[1])
         exact = torch.tensor([math.fsum(col) for col in columns.double().t().tolist()])
         magnitude = columns.double().abs().sum(dim=0)
         err_ours.append((got.reshape(-1).double() - exact).abs() / magnitude)

@@ -50,13 +50,26 @@ constexpr int kLanes = 16;
 // one per 32768 elements (torch's grain) where that is fewer: a few wide rows otherwise made one
 // tile, which one thread ran alone (§26). Rows of fewer than 128 columns folded into rows of at
 // least 128: row by row, 3 channels last took 4 to 15 times the one-element time, 16 twice; wider
-// rows, 128 and 256, folded to 512 ran no faster, some slower (§27).
+// rows, 128 and 256, folded to 512 ran no faster, some slower (§27). Runs of 32 to 255 elements
+// (channels first on 6x6 to 15x15 maps) go as short runs, a vector at a time: as columns (the
+// coefficients expanded per column), they took 1.3 to 2 times the one-element time (§28).
 constexpr TileSizes kTileSizes{
     /*target=*/1 << 14, /*min_run=*/256, /*seg=*/1 << 12,
     /*cols=*/4096,      /*min_rows=*/64, /*max_rows=*/1 << 14,
     /*run_rows=*/1,     /*min_tiles=*/8, /*grain=*/at::internal::GRAIN_SIZE,
-    /*fold_cols=*/128};
+    /*fold_cols=*/128,  /*short_run=*/32};
 static_assert(kTileSizes.fold_cols <= kTileSizes.cols, "a folded row is one column tile");
+static_assert(kTileSizes.min_run <= 256, "a short run fits a block (loops_impl.h's kBlock)");
+
+// The tile sizes of a loop on stored scalar_t computing in T: short runs only where T is the stored
+// type. Widened and narrowed a run at a time, 16-bit runs of 40 to 49 elements took 2 to 3.5 times
+// their columns' time (benchmarks/NOTES.md §28).
+template <typename scalar_t, typename T>
+constexpr TileSizes tile_sizes() {
+  TileSizes sizes = kTileSizes;
+  if constexpr (!std::is_same_v<T, scalar_t>) sizes.short_run = 0;
+  return sizes;
+}
 
 // A call whose inputs and output together exceed this many bytes reads them from memory, not
 // from the caches. There a backward's column tiles prefetch ahead (loops_impl.h's strips), and a
@@ -133,6 +146,36 @@ struct Strip {
   friend Strip operator+(Strip a, Strip b) { return {a.lo + b.lo, a.hi + b.hi}; }
   friend Strip operator-(Strip a, Strip b) { return {a.lo - b.lo, a.hi - b.hi}; }
   friend Strip operator*(Strip a, Strip b) { return {a.lo * b.lo, a.hi * b.hi}; }
+};
+
+// One register of T (32 bytes, as Strip's halves) with Strip's arithmetic: the unit of the short
+// runs' loops (loops_impl.h), where a run of a few dozen elements would waste most of a strip.
+template <typename T>
+struct Vec {
+  static constexpr int kSize = 32 / sizeof(T);
+  typedef T Reg __attribute__((vector_size(32)));
+  Reg v;
+  Vec() = default;
+  Vec(Reg r) : v(r) {}
+  template <typename U, typename = std::enable_if_t<std::is_arithmetic_v<U>>>
+  Vec(U s) : v(Reg{} + static_cast<T>(s)) {}
+  static Vec load(const T* p) {
+    Vec r;
+    std::memcpy(&r.v, p, sizeof r.v);
+    return r;
+  }
+  void store(T* p) const { std::memcpy(p, &v, sizeof v); }
+  // The lanes from first on; those below, zero (selected, so an infinity or NaN there goes too).
+  Vec from_lane(int first) const {
+    typedef std::conditional_t<sizeof(T) == 8, int64_t, int32_t> I;
+    typedef I Lanes __attribute__((vector_size(32)));
+    Lanes lane;
+    for (int l = 0; l < kSize; ++l) lane[l] = l;
+    return Vec(lane >= I(first) ? v : Reg{});
+  }
+  friend Vec operator+(Vec a, Vec b) { return a.v + b.v; }
+  friend Vec operator-(Vec a, Vec b) { return a.v - b.v; }
+  friend Vec operator*(Vec a, Vec b) { return a.v * b.v; }
 };
 
 // f(S{}) for the C++ type S of dtype t: one switch for a whole row of values, whose loop then
@@ -368,7 +411,7 @@ void run_backward_of(Call& call) {
   using T = compute_t<OpV, scalar_t>;
   constexpr int S = kSums<OpV>;
   const std::unique_ptr<T[]> table = coef_table<T>(call);
-  const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
+  const Tiling tiling = make_tiling(call.numel, call.slots, tile_sizes<scalar_t, T>());
   Job<scalar_t, T> job{call.x,      call.g,     call.out.mutable_data_ptr<scalar_t>(),
                        table.get(), call.coefs, call.slots,
                        tiling,      nullptr,    /*inplace=*/false};
@@ -411,7 +454,7 @@ struct Kernels {
     TORCHEXT_DISPATCH(Op, x.scalar_type(), "torchext", [&] {
       using T = compute_t<Op, scalar_t>;
       const std::unique_ptr<T[]> table = coef_table<T>(call);
-      const Tiling tiling = make_tiling(call.numel, call.slots, kTileSizes);
+      const Tiling tiling = make_tiling(call.numel, call.slots, tile_sizes<scalar_t, T>());
       scalar_t* out = call.out.mutable_data_ptr<scalar_t>();
       const bool stream = call.numel * 2 * int64_t{sizeof(scalar_t)} > kStreamBytes;
       const Job<scalar_t, T> job{call.x,     {},     out,     table.get(),         call.coefs,

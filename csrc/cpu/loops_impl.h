@@ -4,10 +4,11 @@
 // included under the pragma would compile torch's inline functions for AVX2 too, and the linker
 // could then hand those to a CPU without it.
 //
-// A loop runs one tile of a Job (layout.h's Tiling): the rows of one run segment, or of a few
-// whole slots' columns. Inside, elements go a block (kBlock) at a time: read into T (the type the
-// op computes in; a pointer into the input itself when it is dense and of that type), computed,
-// written; a backward adds each block's terms into compensated sums.
+// A loop runs one tile of a Job (layout.h's Tiling): the rows of one run segment, of a few
+// whole slots' columns, or a few whole rows of short runs. Inside, elements go a block (kBlock) at
+// a time: read into T (the type the op computes in; a pointer into the input itself when it is
+// dense and of that type), computed, written; a backward adds each block's terms into compensated
+// sums.
 
 namespace torchext {
 namespace cpu {
@@ -600,6 +601,68 @@ struct Tile {
     if (e % W) forward_segment(re * W, e % W, k, kstride);
   }
 
+  // ---- short runs (Tiling::short_runs) ----
+  // A slot's run (P elements, fewer than a block) goes a vector (Vec) at a time, its
+  // coefficients broadcast; where P is not a multiple of a vector, the last vector overlaps the
+  // one before: computed whole, its results written again (the same values), its terms summed
+  // only in the lanes not summed yet. Row by row, in memory order, as the one-element loops walk.
+
+  // Slot s's coefficients, broadcast.
+  void slot_vecs(int64_t s, Vec<T>* kk) const {
+    if (job.table) {
+      for (int j = 0; j < N; ++j) kk[j] = Vec<T>(job.table[j * job.slots.C + s]);
+    } else {
+      T k[NC];
+      coefs_of_slot(s, k);
+      for (int j = 0; j < N; ++j) kk[j] = Vec<T>(k[j]);
+    }
+  }
+
+  // y[i] = op(x[i]) for i < len (y may be x), every element taking the coefficients kk.
+  static void forward_vecs(const T* x, T* y, int64_t len, const Vec<T>* kk) {
+    using V = Vec<T>;
+    constexpr int L = V::kSize;
+    if (len < L) {  // a thread's range may start or end within a run
+      T k[NC];
+      for (int j = 0; j < N; ++j) k[j] = kk[j].v[0];
+      for (int64_t i = 0; i < len; ++i) y[i] = Op::forward(x[i], k);
+      return;
+    }
+    const V last = V::load(x + len - L);  // loaded before any store: y may be x
+    int64_t i = 0;
+    for (; i + L <= len; i += L) Op::forward(V::load(x + i), kk).store(y + i);
+    if (i < len) Op::forward(last, kk).store(y + len - L);
+  }
+
+  // Input o's len elements from e on: in place where it is dense (read() is a call, per run),
+  // else gathered into buf. Short runs are taken only where T is the stored type (tile_sizes).
+  static const T* run_input(const Operand& o, int64_t e, int64_t len, T* buf) {
+    static_assert(std::is_same_v<T, scalar_t>);
+    if (o.kind == Operand::kDense) return static_cast<const T*>(o.data) + e;
+    return read<T, scalar_t>(o, e, len, buf);
+  }
+
+  // y over elements [e, e + len) of one slot's run, taking its coefficients kk.
+  void forward_short_run(int64_t e, int64_t len, const Vec<T>* kk) const {
+    T xbuf[kBlock];
+    const T* x = job.inplace ? job.out + e : run_input(job.x, e, len, xbuf);
+    forward_vecs(x, job.out + e, len, kk);
+  }
+
+  // Elements [b, e) in memory order, run by run (the first and last may be parts).
+  void forward_short(int64_t b, int64_t e) const {
+    const int64_t C = job.slots.C, P = job.slots.P;
+    int64_t run = b / P, s = run % C;
+    for (int64_t i = b; i < e; ++run) {
+      const int64_t end = std::min(e, (run + 1) * P);
+      Vec<T> kk[NC];
+      slot_vecs(s, kk);
+      forward_short_run(i, end - i, kk);
+      i = end;
+      if (++s == C) s = 0;
+    }
+  }
+
   // ---- backward ----
 
   // dx over a block whose elements all take the coefficients k; adds the block's terms to sums.
@@ -780,6 +843,9 @@ struct Tile {
       return;
     }
     const Cols c = cols_of(t);
+    if constexpr (N > 0 && std::is_same_v<T, scalar_t>) {
+      if (tl.short_runs) return backward_short(c, t / tl.col_tiles, ws);
+    }
     const int64_t P = job.slots.P, ncols = width(c);
     int64_t kstride;
     const T* k = coefs_of_columns(c, ws, &kstride);
@@ -823,6 +889,62 @@ struct Tile {
       slot_sums(c, rt, sum, comp, ws);
       std::fill(sum, sum + width, T(0));
       std::fill(comp, comp + width, T(0));
+    }
+  }
+
+  // dx over slot s's run in a row (P elements from e on); its terms added to a.
+  void backward_short_run(int64_t e, const Vec<T>* kk, Vec<T>* a) const {
+    using V = Vec<T>;
+    constexpr int L = V::kSize;
+    const int64_t P = job.slots.P, tail = P % L, last = P - L;
+    T gbuf[kBlock], xbuf[kBlock];
+    const T* g = run_input(job.g, e, P, gbuf);
+    const T* x = run_input(job.x, e, P, xbuf);
+    T* d = job.out + e;
+    int64_t i = 0;
+    for (; i + L <= P; i += L) {
+      V t[NC];
+      const V dx = Op::backward(V::load(g + i), V::load(x + i), kk, t);
+      if constexpr (kWritesDx<Op>) dx.store(d + i);
+      for (int j = 0; j < S; ++j) a[j] = a[j] + t[j];
+    }
+    if (tail) {
+      V t[NC];
+      const V dx = Op::backward(V::load(g + last), V::load(x + last), kk, t);
+      if constexpr (kWritesDx<Op>) dx.store(d + last);
+      for (int j = 0; j < S; ++j) a[j] = a[j] + t[j].from_lane(L - tail);
+    }
+  }
+
+  // Short-run tile: its rows in memory order, each slot's run; per slot, coefficient and lane,
+  // the terms added plainly (acc: [slot][S][lane]), then each slot's lanes pairwise into its
+  // total. A tile holds a few rows (make_tiling: about min_run elements per slot), so a lane adds
+  // a few dozen terms; the row tiles' totals are added compensated (sum_partials).
+  void backward_short(const Cols& c, int64_t rt, Workspace<T>& ws) const {
+    using V = Vec<T>;
+    constexpr int L = V::kSize;
+    const int64_t n = c.c1 - c.c0, W = job.tiling.W, P = job.slots.P;
+    std::vector<T>& acc = ws.sums;
+    acc.assign(S * n * L, T(0));
+    for (int64_t row = c.r0; row < c.r1; ++row) {
+      for (int64_t s = c.c0; s < c.c1; ++s) {
+        V kk[NC], a[S > 0 ? S : 1];
+        slot_vecs(s, kk);
+        for (int j = 0; j < S; ++j) a[j] = V(0);
+        backward_short_run(row * W + s * P, kk, a);
+        T* to = acc.data() + (s - c.c0) * S * L;
+        for (int j = 0; j < S; ++j) (V::load(to + j * L) + a[j]).store(to + j * L);
+      }
+    }
+    for (int j = 0; j < S; ++j) {
+      T* __restrict__ total = totals_of(rt, j, c.c0);
+      for (int64_t s = 0; s < n; ++s) {
+        T lanes[L];
+        std::copy_n(acc.data() + (s * S + j) * L, L, lanes);
+        for (int w = L / 2; w > 0; w /= 2)
+          for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+        total[s] = lanes[0];
+      }
     }
   }
 
@@ -915,6 +1037,9 @@ template <class Op, typename scalar_t, typename T>
 void forward_tiles(const Job<scalar_t, T>& job, int64_t b, int64_t e) {
   const Tile<Op, scalar_t, T> tile{job};
   if (job.tiling.runs) return tile.forward_flat(b, e);
+  if constexpr (kNumCoefs<Op> > 0 && std::is_same_v<T, scalar_t>) {
+    if (job.tiling.short_runs) return tile.forward_short(b, e);
+  }
   Workspace<T> ws;
   if (job.tiling.col_tiles == 1) return tile.forward_range(b, e, ws);
   for (int64_t t = tile.first_tile_from(b), end = tile.first_tile_from(e); t < end; ++t)

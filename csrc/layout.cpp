@@ -459,7 +459,8 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     // N·C, stay small beside its elements); at least min_tiles tiles where the rows allow, else
     // (a batch of one or two) the rows cut into slots' tiles too.
     t.short_runs = true;
-    t.rows_per_tile = std::min(ceil_div(sizes.min_run, P), t.rows);
+    const int64_t rows = std::max(ceil_div(sizes.min_run, P), sizes.target / t.W);
+    t.rows_per_tile = std::min({rows, std::max<int64_t>(1, sizes.seg / P), t.rows});
     t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
     const int64_t want = std::min(sizes.min_tiles, numel / sizes.grain);
     if (t.row_tiles < want) {

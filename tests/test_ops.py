@@ -405,14 +405,14 @@ def test_short_runs_give_the_same_bits_every_way(coef_op, dtype):
 @pytest.mark.parametrize(
     "shape, coef_shape",
     [((1 << 20,), ()), ((256, 4096), (4096,)), ((4096, 256), (256,)), ((1 << 17, 8), (8,)),
-     ((512, 64, 37), (64, 1))],
+     ((512, 64, 37), (64, 1)), ((2048, 2, 200), (2, 1))],
     ids=["one-element", "per channel, long rows", "per channel, many rows", "per channel, folded",
-         "per channel, short runs"],
+         "per channel, short runs", "per channel, short runs, two channels"],
 )
 def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_shape):
     """Each coefficient gradient is a sum of 2^20 float32 terms (or per channel, of 256, 4096 or
     2^17: rows of 8 columns, which the CPU folds 16 to a row, make_tiling's fold_cols; or 512
-    runs of 37, short runs, make_tiling's short_run).
+    runs of 37, or 2048 of 200 in tiles of 20 rows, short runs, make_tiling's short_run).
     Against the exact sums (math.fsum) of the very terms the kernel adds (it returns them as the
     gradient of a coefficient of x's own shape), its error relative to the sum of the terms'
     magnitudes (the measure summation error bounds use), averaged over every sum, is no larger

@@ -234,6 +234,10 @@ constexpr int64_t kFlush = 16 * kLaneBlock;
 // (test_coefficient_gradients_as_accurate_as_torch_sum; benchmarks/NOTES.md §15).
 constexpr int kRowsAtOnce = 4;
 constexpr int kRowsPerFlush = 32;
+// Short runs: about how many terms a lane adds plainly before they join its compensated sum. Tiles
+// of 20 rows of two runs of 200, summed plainly (500 terms a lane), were less accurate than
+// torch.sum (test_coefficient_gradients_as_accurate_as_torch_sum).
+constexpr int64_t kShortJoinTerms = 128;
 static_assert(kRowsPerFlush % kRowsAtOnce == 0);
 
 // Compensated sums per lane, kept over a tile's run: the lane accumulators of each block of
@@ -917,35 +921,48 @@ struct Tile {
   }
 
   // Short-run tile: its rows in memory order, each slot's run; per slot, coefficient and lane,
-  // the terms added plainly (acc: [slot][S][lane]), then each slot's lanes pairwise into its
-  // total. A tile holds a few rows (make_tiling: about min_run elements per slot), so a lane adds
-  // a few dozen terms; the row tiles' totals are added compensated (sum_partials).
+  // the terms added plainly (acc: [slot][S][lane]), joined into compensated sums (sum, comp)
+  // every few rows (a lane adds about kShortJoinTerms terms plainly), then each slot's lanes
+  // pairwise into its total.
   void backward_short(const Cols& c, int64_t rt, Workspace<T>& ws) const {
     using V = Vec<T>;
     constexpr int L = V::kSize;
-    const int64_t n = c.c1 - c.c0, W = job.tiling.W, P = job.slots.P;
-    std::vector<T>& acc = ws.sums;
-    acc.assign(S * n * L, T(0));
-    for (int64_t row = c.r0; row < c.r1; ++row) {
+    const int64_t n = c.c1 - c.c0, width = S * n * L, W = job.tiling.W, P = job.slots.P;
+    const int64_t join_rows = std::max<int64_t>(1, kShortJoinTerms * L / P);
+    std::vector<T>& scratch = ws.sums;
+    if (scratch.size() < static_cast<size_t>(3 * width)) scratch.resize(3 * width);  // zeros
+    T* acc = scratch.data();
+    T* sum = acc + width;
+    T* comp = sum + width;
+    bool joined = false;
+    for (int64_t row = c.r0; row < c.r1;) {
       for (int64_t s = c.c0; s < c.c1; ++s) {
         V kk[NC], a[S > 0 ? S : 1];
         slot_vecs(s, kk);
         for (int j = 0; j < S; ++j) a[j] = V(0);
         backward_short_run(row * W + s * P, kk, a);
-        T* to = acc.data() + (s - c.c0) * S * L;
+        T* to = acc + (s - c.c0) * S * L;
         for (int j = 0; j < S; ++j) (V::load(to + j * L) + a[j]).store(to + j * L);
+      }
+      ++row;
+      if constexpr (S > 0) {
+        if ((row - c.r0) % join_rows == 0 || row == c.r1) join(acc, sum, comp, width, joined);
       }
     }
     for (int j = 0; j < S; ++j) {
       T* __restrict__ total = totals_of(rt, j, c.c0);
       for (int64_t s = 0; s < n; ++s) {
         T lanes[L];
-        std::copy_n(acc.data() + (s * S + j) * L, L, lanes);
+        const int64_t o = (s * S + j) * L;
+        for (int l = 0; l < L; ++l) lanes[l] = sum[o + l] + comp[o + l];
         for (int w = L / 2; w > 0; w /= 2)
           for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
         total[s] = lanes[0];
       }
     }
+    // Left zero for the next tile (acc is, after the last join).
+    std::fill(sum, sum + width, T(0));
+    std::fill(comp, comp + width, T(0));
   }
 
   // acc's plain sums into the compensated sums (sum, comp), acc left zero. The first join

@@ -455,9 +455,10 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     t.tiles = t.row_tiles * C * t.segs;
     t.partials = t.tiles;
   } else if (sizes.short_run && P >= sizes.short_run && t.fold == 1) {
-    // Whole rows, walked in memory order, about min_run elements per slot (a tile's partial sums,
-    // N·C, stay small beside its elements); at least min_tiles tiles where the rows allow, else
-    // (a batch of one or two) the rows cut into slots' tiles too.
+    // Whole rows, walked in memory order: about target elements a tile (tiles of a few short
+    // rows cost more than their loops), and of each slot at least min_run (a tile's partial
+    // sums, N·C, stay small beside its elements) and at most seg, as a run tile; at least
+    // min_tiles tiles where the rows allow, else (a batch of one or two) slots' tiles too.
     t.short_runs = true;
     const int64_t rows = std::max(ceil_div(sizes.min_run, P), sizes.target / t.W);
     t.rows_per_tile = std::min({rows, std::max<int64_t>(1, sizes.seg / P), t.rows});

@@ -131,8 +131,8 @@ void meta_backward(const char* op, const at::Tensor& grad, const at::Tensor& v, 
 //            columns (column q in slot (q / P) % C), the last row cut short where fold does not
 //            divide them; the tiles then span every column (one column tile).
 //            Short runs (short_run <= P < min_run; short_runs): column tiles of whole rows
-//            (every slot; fewer only where the rows are too few for the threads), about min_run
-//            elements per slot, walked in memory order a slot's run at a time.
+//            (every slot; fewer only where the rows are too few for the threads), walked in
+//            memory order a slot's run at a time.
 // Both depend only on the shapes (never on thread counts): the sums are deterministic.
 struct Tiling {
   bool runs = true, short_runs = false;

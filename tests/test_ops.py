@@ -89,10 +89,11 @@ COEF_CASES = {
     # (make_tiling's fold_cols): five row tiles, the last folded row cut short (66666 = 505 * 132
     # + 6).
     "narrow rows, folded": ((11111, 3, 2), [(3, 1)], None),
-    # Runs of 32 to 255 elements (channels first on small maps) go as short runs on the CPU
-    # (make_tiling's short_run), a vector at a time, the last overlapping the one before where the
-    # run is not a multiple of one: 49 elements; 37 read through buffers (x strided); a batch of
-    # one, its row cut into three slots' tiles for the threads; more slots than the table holds.
+    # Runs of 32 to 255 elements (channels first on small maps; 16-bit from 64) go as short runs
+    # on the CPU (make_tiling's short_run), a vector at a time, the last overlapping the one
+    # before where the run is not a multiple of one: 49 elements; 37 read through buffers (x
+    # strided); a batch of one, its row cut into three slots' tiles for the threads; more slots
+    # than the table holds; ("per group, wide rows") runs of 100, 16-bit ones too.
     "short runs [N, C, H, W]": ((3, 10, 7, 7), [(10, 1, 1)], None),
     "short runs, strided x": ((3, 10, 37), [(10, 1)], "slice"),
     "short runs, a batch of one": ((1, 3000, 40), [(3000, 1), ()], None),
@@ -368,24 +369,28 @@ def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype, sh
     assert torch.equal(bits(fwd(x, *cs)), bits(pieces))
 
 
-# Runs of 37 elements, channels first: short runs on the CPU (make_tiling's short_run), a vector
-# at a time, the last overlapping the one before. 458 x 31 runs: sixteen threads split the
-# forward's elements within runs, some 1, 5 or 6 elements from a run's start or end.
-SHORT_RUNS = (458, 31, 37)
+# Channels first on maps of 37 elements (74 in bfloat16, whose short runs start at 64): short
+# runs on the CPU (make_tiling's short_run; cpu/loops.h's tile_sizes), a vector at a time, the
+# last overlapping the one before. 458 x 31 runs (203 x 35): sixteen threads split the forward's
+# elements within runs, some 1 to 6 elements from a run's start or end.
+SHORT_RUNS = {torch.float32: (458, 31, 37), torch.float64: (458, 31, 37),
+              torch.bfloat16: (203, 35, 74)}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", list(SHORT_RUNS), ids=str)
 def test_short_runs_give_the_same_bits_every_way(coef_op, dtype):
-    """Short runs read x and the gradient in place, or (strided) through buffers, and a thread
-    may take any part of a run, fewer elements than a vector too. Either way, with any number of
-    threads, each result is the same bits."""
-    x = randn(*SHORT_RUNS, dtype=dtype)
-    g = randn(*SHORT_RUNS, dtype=dtype, seed=1)
+    """Short runs read x and the gradient in place, or (strided, or 16-bit) through buffers, and
+    a thread may take any part of a run, fewer elements than a vector too. Either way, with any
+    number of threads, each result is the same bits."""
+    shape = SHORT_RUNS[dtype]
+    x = randn(*shape, dtype=dtype)
+    g = randn(*shape, dtype=dtype, seed=1)
 
     def strided(t):
-        return torch.empty(*SHORT_RUNS[:2], 40, dtype=dtype)[..., :37].copy_(t)
+        return torch.empty(*shape[:2], shape[2] + 3, dtype=dtype)[..., : shape[2]].copy_(t)
 
-    cs = coefs(coef_op, dtype, "cpu", [(31, 1), (), (31, 1), (1, 31, 1)], requires_grad=False)
+    c = shape[1]
+    cs = coefs(coef_op, dtype, "cpu", [(c, 1), (), (c, 1), (1, c, 1)], requires_grad=False)
     fwd, bwd = operator(coef_op), operator(coef_op, backward=True)
     y, grads = fwd(x, *cs), bwd(g, x, *cs)
     ways = {"through buffers": (fwd(strided(x), *cs), bwd(strided(g), strided(x), *cs))}

@@ -28,10 +28,10 @@ COEF_OPS = [name for name, op in TABLE.items() if op.coefs]
 # (column tiles); per row-block of 2^14 (run tiles).
 # "narrow channels": rows of 7, which the CPU folds 19 to a row of 133 columns (make_tiling's
 # fold_cols), in 13 row tiles, the last folded row cut short. "short runs": channels first on
-# maps of 37 elements (make_tiling's short_run), in 7 row tiles.
+# maps of 74 elements (make_tiling's short_run, 16-bit types included), in 9 row tiles.
 LAYOUTS = {"one-element": ((N,), ()), "per channel": ((151, 1000), (1000,)),
            "per block": ((9, 1 << 14), (9, 1)), "narrow channels": ((30011, 7), (7,)),
-           "short runs": ((45, 80, 37), (80, 1))}
+           "short runs": ((45, 40, 74), (40, 1))}
 
 
 def _inputs(op, dtype, seed, n=N, layout="one-element"):

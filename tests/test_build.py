@@ -172,9 +172,10 @@ ISA_PROBE = textwrap.dedent(
         # The edge values at both ends: in the vector loops and in their scalar tails.
         edge = specials(dtype)
         x = torch.cat([edge, torch.randn(70_001, dtype=torch.float64).to(dtype), edge])
-        # One-element coefficients (long runs), and per channel: columns and runs of slots.
+        # One-element coefficients (long runs), and per channel: columns, runs of slots and short
+        # runs (of 70: vectors and an overlapping last one).
         cases = [(x, ()), (x[:70000].reshape(-1, 700), (700,)),
-                 (x[:70000].reshape(10, 7000), (10, 1))]
+                 (x[:70000].reshape(10, 7000), (10, 1)), (x[:70000].reshape(10, 100, 70), (100, 1))]
         for x, coef_shape in cases:
             x = x.detach().requires_grad_()
             g = torch.randn(x.shape, dtype=torch.float64).to(dtype)

@@ -43,8 +43,8 @@ CHECK_SHAPE = (33, 65)  # odd sizes: vector tails
 # (x's shape, the coefficients' shape) an op with coefficients is checked with: one element, and
 # per channel the ways the kernels tile it: along x's last dim (column tiles of single columns;
 # the CPU folds these rows of 65 two to a row, the last cut short), along its first with short
-# rows (column tiles of whole rows: as grouped coefficients), and
-# with rows long enough to be runs on the CPU and on CUDA (1024 elements and more).
+# rows (grouped coefficients: short runs of 65 on the CPU, column tiles of whole rows on CUDA),
+# and with rows long enough to be runs on the CPU and on CUDA (1024 elements and more).
 CHECK_CASES = ((CHECK_SHAPE, ()), (CHECK_SHAPE, (CHECK_SHAPE[1],)),
                (CHECK_SHAPE, (CHECK_SHAPE[0], 1)), ((5, 1031), (5, 1)))
 CHECK_DTYPE = torch.float32

@@ -78,6 +78,13 @@ constexpr TileSizes tile_sizes() {
 // with 32 MB of last-level cache (benchmarks/NOTES.md §20, §21).
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
+// Whether a call over numel elements of scalar_t in each of `arrays` arrays (a forward: x and y;
+// a backward: g, x and dx) is beyond kStreamBytes.
+template <typename scalar_t>
+bool beyond_the_caches(int64_t numel, int arrays) {
+  return numel * arrays * int64_t{sizeof(scalar_t)} > kStreamBytes;
+}
+
 // Beyond the caches, a forward still takes four rows at once where its rows' coefficients
 // (N · columns · sizeof(T)) exceed this: a third of L1. Row by row, each element then loaded its
 // N coefficients from L2, and per channel on 3072 columns the forward took 2.6 times the
@@ -412,10 +419,10 @@ void run_backward_of(Call& call) {
   constexpr int S = kSums<OpV>;
   const std::unique_ptr<T[]> table = coef_table<T>(call);
   const Tiling tiling = make_tiling(call.numel, call.slots, tile_sizes<scalar_t, T>());
-  Job<scalar_t, T> job{call.x,      call.g,     call.out.mutable_data_ptr<scalar_t>(),
-                       table.get(), call.coefs, call.slots,
-                       tiling,      nullptr,    /*inplace=*/false};
-  job.stream = call.numel * 3 * int64_t{sizeof(scalar_t)} > kStreamBytes;
+  scalar_t* out = call.out.mutable_data_ptr<scalar_t>();
+  const bool stream = beyond_the_caches<scalar_t>(call.numel, 3);
+  Job<scalar_t, T> job{call.x,     call.g, out,     table.get(),       call.coefs,
+                       call.slots, tiling, nullptr, /*inplace=*/false, stream};
   if constexpr (S > 0) direct_grads(call, tiling, job.grads);
   // Every tile writes all of its partial sums (none where every gradient is written directly):
   // no zeroing needed.
@@ -456,7 +463,7 @@ struct Kernels {
       const std::unique_ptr<T[]> table = coef_table<T>(call);
       const Tiling tiling = make_tiling(call.numel, call.slots, tile_sizes<scalar_t, T>());
       scalar_t* out = call.out.mutable_data_ptr<scalar_t>();
-      const bool stream = call.numel * 2 * int64_t{sizeof(scalar_t)} > kStreamBytes;
+      const bool stream = beyond_the_caches<scalar_t>(call.numel, 2);
       const Job<scalar_t, T> job{call.x,     {},     out,     table.get(),         call.coefs,
                                  call.slots, tiling, nullptr, call.out.is_same(x), stream};
       run_forward<Op>(job);

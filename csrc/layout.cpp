@@ -446,6 +446,16 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     t.W *= t.fold;
     t.rows = ceil_div(numel, t.W);
   }
+  // Enough tiles for the threads, which take whole tiles: a few wide rows made one or two (64
+  // rows of 3072 columns: one tile, so one thread ran the whole backward). Where the rows alone
+  // give fewer, narrower column tiles, not shorter rows: the partial sums stay one per slot and
+  // row tile.
+  const int64_t want = std::min(sizes.min_tiles, numel / sizes.grain);
+  const auto enough_column_tiles = [&] {
+    if (t.row_tiles * t.col_tiles >= want) return;
+    t.slots_per_tile = ceil_div(C, std::min(C, ceil_div(want, t.row_tiles)));
+    t.col_tiles = ceil_div(C, t.slots_per_tile);
+  };
   if (t.runs) {
     t.seg = std::min(sizes.seg, P);
     t.segs = ceil_div(P, t.seg);
@@ -454,7 +464,9 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
     t.tiles = t.row_tiles * C * t.segs;
     t.partials = t.tiles;
-  } else if (sizes.short_run && P >= sizes.short_run && t.fold == 1) {
+    return t;
+  }
+  if (sizes.short_run && P >= sizes.short_run && t.fold == 1) {
     // Whole rows, walked in memory order: about target elements a tile (tiles of a few short
     // rows cost more than their loops), and of each slot at least min_run (a tile's partial
     // sums, N·C, stay small beside its elements) and at most seg, as a run tile; at least
@@ -463,17 +475,13 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     const int64_t rows = std::max(ceil_div(sizes.min_run, P), sizes.target / t.W);
     t.rows_per_tile = std::min({rows, std::max<int64_t>(1, sizes.seg / P), t.rows});
     t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
-    const int64_t want = std::min(sizes.min_tiles, numel / sizes.grain);
     if (t.row_tiles < want) {
       t.rows_per_tile = ceil_div(t.rows, std::min(t.rows, want));
       t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
     }
     t.slots_per_tile = C;
-    if (t.row_tiles < want)
-      t.slots_per_tile = ceil_div(C, std::min(C, ceil_div(want, t.row_tiles)));
-    t.col_tiles = ceil_div(C, t.slots_per_tile);
-    t.tiles = t.row_tiles * t.col_tiles;
-    t.partials = t.row_tiles * C;
+    t.col_tiles = 1;
+    enough_column_tiles();
   } else {
     t.slots_per_tile = std::clamp<int64_t>(sizes.cols / P, 1, C);
     t.col_tiles = ceil_div(C, t.slots_per_tile);
@@ -486,17 +494,10 @@ Tiling make_tiling(int64_t numel, Slots slots, const TileSizes& sizes) {
     // 5) went to two threads as 128 and 69.
     t.rows_per_tile = ceil_div(t.rows, ceil_div(t.rows, t.rows_per_tile));
     t.row_tiles = ceil_div(t.rows, t.rows_per_tile);
-    // Enough tiles for the threads, which take whole tiles: a few wide rows made one or two (64
-    // rows of 3072 columns: one tile, so one thread ran the whole backward). Narrower column
-    // tiles, not shorter rows: the partial sums stay one per slot and row tile.
-    const int64_t want = std::min(sizes.min_tiles, numel / sizes.grain);
-    if (t.row_tiles * t.col_tiles < want && t.fold == 1) {
-      t.slots_per_tile = ceil_div(C, std::min(C, ceil_div(want, t.row_tiles)));
-      t.col_tiles = ceil_div(C, t.slots_per_tile);
-    }
-    t.tiles = t.row_tiles * t.col_tiles;
-    t.partials = t.row_tiles * C;
+    if (t.fold == 1) enough_column_tiles();  // a folded row is one column tile
   }
+  t.tiles = t.row_tiles * t.col_tiles;
+  t.partials = t.row_tiles * C;
   return t;
 }
 

@@ -126,37 +126,11 @@ struct Wanted : Op {
   }
 };
 
-// A strip: 64 bytes of T (a cache line) as two 32-byte values of GNU C's vector extension (an
-// AVX2 register each; a 64-byte value has no register there, and gcc moved it through memory),
-// with the arithmetic the ops' math uses, so that an op's backward<T> runs on it unchanged.
-// Defined here, outside the ISA copies: defined in the AVX2 copy, its operators could not inline
-// into math.h's functions (compiled for the baseline), and each became a call.
-template <typename T>
-struct Strip {
-  static constexpr int kSize = 64 / sizeof(T);
-  typedef T Reg __attribute__((vector_size(32)));
-  Reg lo, hi;
-  Strip() = default;
-  Strip(Reg l, Reg h) : lo(l), hi(h) {}
-  template <typename U, typename = std::enable_if_t<std::is_arithmetic_v<U>>>
-  Strip(U s) : lo(Reg{} + static_cast<T>(s)), hi(lo) {}
-  static Strip load(const T* p) {
-    Strip r;
-    std::memcpy(&r.lo, p, sizeof r.lo);
-    std::memcpy(&r.hi, p + kSize / 2, sizeof r.hi);
-    return r;
-  }
-  void store(T* p) const {
-    std::memcpy(p, &lo, sizeof lo);
-    std::memcpy(p + kSize / 2, &hi, sizeof hi);
-  }
-  friend Strip operator+(Strip a, Strip b) { return {a.lo + b.lo, a.hi + b.hi}; }
-  friend Strip operator-(Strip a, Strip b) { return {a.lo - b.lo, a.hi - b.hi}; }
-  friend Strip operator*(Strip a, Strip b) { return {a.lo * b.lo, a.hi * b.hi}; }
-};
-
-// One register of T (32 bytes, as Strip's halves) with Strip's arithmetic: the unit of the short
-// runs' loops (loops_impl.h), where a run of a few dozen elements would waste most of a strip.
+// One AVX2 register of T (32 bytes: a value of GNU C's vector extension), with the arithmetic
+// the ops' math uses, so that an op's forward<T> and backward<T> run on it unchanged: the unit
+// of the short runs' loops (loops_impl.h), where a run of a few dozen elements would waste most
+// of a strip. Defined here, outside the ISA copies: defined in the AVX2 copy, its operators could
+// not inline into math.h's functions (compiled for the baseline), and each became a call.
 template <typename T>
 struct Vec {
   static constexpr int kSize = 32 / sizeof(T);
@@ -183,6 +157,27 @@ struct Vec {
   friend Vec operator+(Vec a, Vec b) { return a.v + b.v; }
   friend Vec operator-(Vec a, Vec b) { return a.v - b.v; }
   friend Vec operator*(Vec a, Vec b) { return a.v * b.v; }
+};
+
+// A strip: 64 bytes of T (a cache line) as two Vecs (a 64-byte vector value has no register in
+// AVX2, and gcc moved it through memory), with the same arithmetic.
+template <typename T>
+struct Strip {
+  using Half = Vec<T>;
+  static constexpr int kSize = 2 * Half::kSize;
+  Half lo, hi;
+  Strip() = default;
+  Strip(Half l, Half h) : lo(l), hi(h) {}
+  template <typename U, typename = std::enable_if_t<std::is_arithmetic_v<U>>>
+  Strip(U s) : lo(s), hi(lo) {}
+  static Strip load(const T* p) { return {Half::load(p), Half::load(p + Half::kSize)}; }
+  void store(T* p) const {
+    lo.store(p);
+    hi.store(p + Half::kSize);
+  }
+  friend Strip operator+(Strip a, Strip b) { return {a.lo + b.lo, a.hi + b.hi}; }
+  friend Strip operator-(Strip a, Strip b) { return {a.lo - b.lo, a.hi - b.hi}; }
+  friend Strip operator*(Strip a, Strip b) { return {a.lo * b.lo, a.hi * b.hi}; }
 };
 
 // f(S{}) for the C++ type S of dtype t: one switch for a whole row of values, whose loop then

@@ -207,12 +207,12 @@ inline void kahan_add(T& sum, T& comp, T v) {
   sum = t;
 }
 
-// Pairwise sum of the kLanes lane accumulators.
-template <typename T>
-inline T fold_lanes(const T* lanes) {
-  T s[kLanes];
-  for (int l = 0; l < kLanes; ++l) s[l] = lanes[l];
-  for (int w = kLanes / 2; w > 0; w /= 2)
+// Pairwise sum of L lane accumulators, each a sum and its compensation.
+template <int L, typename T>
+inline T fold_lanes(const T* sum, const T* comp) {
+  T s[L];
+  for (int l = 0; l < L; ++l) s[l] = sum[l] + comp[l];
+  for (int w = L / 2; w > 0; w /= 2)
     for (int l = 0; l < w; ++l) s[l] += s[l + w];
   return s[0];
 }
@@ -267,11 +267,7 @@ struct LaneSums {
     }
   }
   // Coefficient j's total: the lanes pairwise.
-  T total(int j) const {
-    T lanes[kLanes];
-    for (int l = 0; l < kLanes; ++l) lanes[l] = sum[j][l] + comp[j][l];
-    return fold_lanes(lanes);
-  }
+  T total(int j) const { return fold_lanes<kLanes>(sum[j], comp[j]); }
 };
 
 // dx[i] = op.backward(g[i], x[i]) for i < len (where the op writes dx), every element taking
@@ -973,12 +969,8 @@ struct Tile {
     for (int j = 0; j < S; ++j) {
       T* __restrict__ total = totals_of(rt, j, c.c0);
       for (int64_t s = 0; s < n; ++s) {
-        T lanes[L];
         const int64_t o = (s * S + j) * L;
-        for (int l = 0; l < L; ++l) lanes[l] = sum[o + l] + comp[o + l];
-        for (int w = L / 2; w > 0; w /= 2)
-          for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
-        total[s] = lanes[0];
+        total[s] = fold_lanes<L>(sum + o, comp + o);
       }
     }
     // Left zero for the next tile (acc is, after the last join).

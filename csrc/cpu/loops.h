@@ -253,6 +253,12 @@ template <typename T>
 struct Workspace {
   std::vector<T> sums, expanded, slot_sum, slot_comp;
   int64_t expanded_from = -1;
+  // sums as a tile's three arrays of width values each (plain, compensated, compensation),
+  // grown where needed: with zeros, as every tile leaves them.
+  T* tile_sums(int64_t width) {
+    if (sums.size() < static_cast<size_t>(3 * width)) sums.resize(3 * width);
+    return sums.data();
+  }
 };
 
 }  // namespace cpu

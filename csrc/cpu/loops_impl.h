@@ -860,9 +860,7 @@ struct Tile {
     // walks it. Per column, kRowsPerFlush rows added plainly (acc), then into compensated sums
     // (sum, comp), each [N][ncols].
     const int64_t rt = t / tl.col_tiles, width = S * ncols;
-    std::vector<T>& scratch = ws.sums;
-    if (scratch.size() < static_cast<size_t>(3 * width)) scratch.resize(3 * width);  // zeros
-    T* acc = scratch.data();
+    T* acc = ws.tile_sums(width);
     T* sum = acc + width;
     T* comp = sum + width;
     // Dense rows of T need no buffers: a row's columns in one go, not a block at a time.
@@ -950,9 +948,7 @@ struct Tile {
     const int64_t n = c.c1 - c.c0, width = S * n * L, W = job.tiling.W, P = job.slots.P;
     const int64_t join_rows = std::max<int64_t>(1, kShortJoinTerms * L / P),
                   per_block = runs_per_block();
-    std::vector<T>& scratch = ws.sums;
-    if (scratch.size() < static_cast<size_t>(3 * width)) scratch.resize(3 * width);  // zeros
-    T* acc = scratch.data();
+    T* acc = ws.tile_sums(width);
     T* sum = acc + width;
     T* comp = sum + width;
     bool joined = false;

@@ -56,6 +56,17 @@ def test_package_exports_the_functional_api_and_its_modules():
     assert not others
 
 
+@pytest.mark.parametrize("name", ["functional", "nn", "reference"])
+def test_submodules_show_their_own_names(name):
+    # dir() and completion list what the module offers (its __all__; functional also its op
+    # table), not what it imports for itself (torch, Tensor, re, numbers, dataclasses...), each
+    # name a real attribute.
+    module = getattr(torchext, name)
+    table = {"OPS", "OpDef"} if name == "functional" else set()
+    assert dir(module) == sorted({*module.__all__, *table})
+    assert all(hasattr(module, attr) for attr in dir(module))
+
+
 def test_build_info_names_this_torch():
     # Written by setup.py's build_ext next to the library: what the import-time check reads.
     from torchext import _build_info

@@ -492,3 +492,7 @@ for _op in OPS.values():
     __all__ += [_op.name, f"{_op.cls}Function"]
 __all__.sort()
 del _op
+
+
+def __dir__():  # dir() and completion: the API and the op table, not this module's imports
+    return sorted([*__all__, "OPS", "OpDef"])

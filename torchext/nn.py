@@ -202,3 +202,7 @@ for _op in F.OPS.values():
     globals()[_op.cls] = _make_module(_op)
     __all__.append(_op.cls)
 del _op
+
+
+def __dir__():  # dir() and completion: the modules, not this module's imports
+    return sorted(__all__)

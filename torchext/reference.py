@@ -27,6 +27,7 @@ __all__ = [
     "cubic_grads",
     "legendre_p3",
     "relu",
+    "sin_data",
 ]
 
 
@@ -164,3 +165,7 @@ def sin_data(n: int = 2000, dtype=torch.float32, device="cpu"):
     """The tutorial's data: ``n`` points of ``sin(x)`` on ``[-pi, pi]``."""
     x = torch.linspace(-math.pi, math.pi, n, dtype=dtype, device=device)
     return x, torch.sin(x)
+
+
+def __dir__():  # dir() and completion: the public names, not this module's imports
+    return sorted(__all__)

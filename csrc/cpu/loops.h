@@ -85,6 +85,24 @@ bool beyond_the_caches(int64_t numel, int arrays) {
   return numel * arrays * int64_t{sizeof(scalar_t)} > kStreamBytes;
 }
 
+// A core's own cache (its L2: 1 MB a core on the development machine).
+constexpr int64_t kCoreCacheBytes = int64_t{1} << 20;
+
+// Whether 16-bit rows read and written through buffers prefetch the next rows' lines
+// (loops_impl.h's forward_buffered and read_rows): beyond the caches, and where the rows are cut
+// into column tiles and each thread's share of the call outgrows its core's cache. A column
+// tile's rows are segments a row apart, short streams that the hardware prefetchers take up
+// late: a 64x512x7x7 bfloat16 forward + backward per channel (8 column tiles of 64 rows) took 1.1
+// to 1.45 times the one-element time without, varying from process to process, and 1.13 to 1.18
+// with; within the cores' caches, (64, 4096) took 1.20 with, 1.13 without (benchmarks/NOTES.md
+// §29).
+template <typename scalar_t>
+bool prefetch_rows(const Tiling& tl, int64_t numel, int arrays) {
+  const int64_t bytes = numel * arrays * int64_t{sizeof(scalar_t)};
+  return bytes > kStreamBytes ||
+         (tl.col_tiles > 1 && bytes > kCoreCacheBytes * at::get_num_threads());
+}
+
 // Beyond the caches, a forward still takes four rows at once where its rows' coefficients
 // (N · columns · sizeof(T)) exceed this: a third of L1. Row by row, each element then loaded its
 // N coefficients from L2, and per channel on 3072 columns the forward took 2.6 times the
@@ -238,9 +256,10 @@ struct Job {
   const CoefSource* coefs;
   Slots slots;
   Tiling tiling;
-  T* partial;           // backward: the tiles' partial sums (layout.h)
-  bool inplace;         // forward: out is x's own memory
-  bool stream = false;  // beyond the caches (kStreamBytes): see Tile's forward and strips
+  T* partial;             // backward: the tiles' partial sums (layout.h)
+  bool inplace;           // forward: out is x's own memory
+  bool stream = false;    // beyond the caches (kStreamBytes): see Tile's forward and strips
+  bool prefetch = false;  // 16-bit rows prefetch ahead (prefetch_rows)
   // backward: where the column tiles write coefficient j's totals themselves, in place of the
   // partial sums: its gradient (per slot, in T), where each slot has one partial (one row tile)
   T* grads[kMaxCoefs] = {};
@@ -422,8 +441,10 @@ void run_backward_of(Call& call) {
   const Tiling tiling = make_tiling(call.numel, call.slots, tile_sizes<scalar_t, T>());
   scalar_t* out = call.out.mutable_data_ptr<scalar_t>();
   const bool stream = beyond_the_caches<scalar_t>(call.numel, 3);
+  const bool prefetch = prefetch_rows<scalar_t>(tiling, call.numel, 3);
   Job<scalar_t, T> job{call.x,     call.g, out,     table.get(),       call.coefs,
-                       call.slots, tiling, nullptr, /*inplace=*/false, stream};
+                       call.slots, tiling, nullptr, /*inplace=*/false, stream,
+                       prefetch};
   if constexpr (S > 0) direct_grads(call, tiling, job.grads);
   // Every tile writes all of its partial sums (none where every gradient is written directly):
   // no zeroing needed.
@@ -465,8 +486,10 @@ struct Kernels {
       const Tiling tiling = make_tiling(call.numel, call.slots, tile_sizes<scalar_t, T>());
       scalar_t* out = call.out.mutable_data_ptr<scalar_t>();
       const bool stream = beyond_the_caches<scalar_t>(call.numel, 2);
+      const bool prefetch = prefetch_rows<scalar_t>(tiling, call.numel, 2);
       const Job<scalar_t, T> job{call.x,     {},     out,     table.get(),         call.coefs,
-                                 call.slots, tiling, nullptr, call.out.is_same(x), stream};
+                                 call.slots, tiling, nullptr, call.out.is_same(x), stream,
+                                 prefetch};
       run_forward<Op>(job);
     });
   }

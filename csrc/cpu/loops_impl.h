@@ -531,14 +531,14 @@ struct Tile {
     // Beyond the caches, each row's block first prefetches its lines in the next R rows: inside a
     // forward + backward at 8x197x3072 bfloat16, the step's data outgrowing the caches, the
     // forward without them took 1.7 times the one-element one, with them 1.1 to 1.2 (NOTES.md §26).
-    const bool ahead = job.stream && job.x.kind == Operand::kDense;
+    const bool ahead = job.prefetch && job.x.kind == Operand::kDense;
     for (int r = 0; r < R; ++r) {
       if (ahead) prefetch_lines(static_cast<const scalar_t*>(job.x.data) + e + r * W, R * W, len);
       read<T, scalar_t>(job.x, e + r * W, len, xbuf[r]);
     }
     forward_columns<R>(xbuf[0], ybuf[0], kBlock, len, k, kstride);
     for (int r = 0; r < R; ++r) {
-      if (job.stream) prefetch_lines</*kWrite=*/true>(job.out + e + r * W, R * W, len);
+      if (job.prefetch) prefetch_lines</*kWrite=*/true>(job.out + e + r * W, R * W, len);
       write<T>(job.out, e + r * W, ybuf[r], len);
     }
   }
@@ -720,8 +720,8 @@ struct Tile {
     const int64_t W = job.tiling.W;
     T gbuf[R][kBlock], xbuf[R][kBlock], dbuf[R][kBlock];
     int64_t gs, xs;
-    const T* __restrict__ g = read_rows<R>(job.g, e, W, len, job.stream, gbuf, &gs);
-    const T* __restrict__ x = read_rows<R>(job.x, e, W, len, job.stream, xbuf, &xs);
+    const T* __restrict__ g = read_rows<R>(job.g, e, W, len, job.prefetch, gbuf, &gs);
+    const T* __restrict__ x = read_rows<R>(job.x, e, W, len, job.prefetch, xbuf, &xs);
     constexpr bool kDirect = std::is_same_v<T, scalar_t>;  // dx computed in the output itself
     T* __restrict__ d = dest<T>(job.out, e, dbuf[0]);
     const int64_t ds = kDirect ? W : kBlock;
@@ -741,7 +741,7 @@ struct Tile {
     }
     if constexpr (!kDirect && kWritesDx<Op>) {
       for (int r = 0; r < R; ++r) {
-        if (job.stream) prefetch_lines</*kWrite=*/true>(job.out + e + r * W, R * W, len);
+        if (job.prefetch) prefetch_lines</*kWrite=*/true>(job.out + e + r * W, R * W, len);
         write<T>(job.out, e + r * W, dbuf[r], len);
       }
     }

@@ -29,9 +29,12 @@ COEF_OPS = [name for name, op in TABLE.items() if op.coefs]
 # "narrow channels": rows of 7, which the CPU folds 19 to a row of 133 columns (make_tiling's
 # fold_cols), in 13 row tiles, the last folded row cut short. "short runs": channels first on
 # maps of 74 elements (make_tiling's short_run, 16-bit types included), in 9 row tiles.
+# "runs of 49": short runs in float32 and float64, two column tiles in 16-bit types, whose rows
+# prefetch where a thread's share of the call is over 1 MB (prefetch_rows, csrc/cpu/loops.h): a
+# forward of 1.6 MB with 1 thread but not 2 or 4, a backward of 2.4 MB with 1 or 2 but not 4.
 LAYOUTS = {"one-element": ((N,), ()), "per channel": ((151, 1000), (1000,)),
            "per block": ((9, 1 << 14), (9, 1)), "narrow channels": ((30011, 7), (7,)),
-           "short runs": ((45, 40, 74), (40, 1))}
+           "short runs": ((45, 40, 74), (40, 1)), "runs of 49": ((64, 128, 49), (128, 1))}
 
 
 def _inputs(op, dtype, seed, n=N, layout="one-element"):

@@ -528,9 +528,10 @@ struct Tile {
     static_assert(!std::is_same_v<T, scalar_t>, "T's own rows need no buffers: forward_columns");
     const int64_t W = job.tiling.W;
     T xbuf[R][kBlock], ybuf[R][kBlock];
-    // Beyond the caches, each row's block first prefetches its lines in the next R rows: inside a
-    // forward + backward at 8x197x3072 bfloat16, the step's data outgrowing the caches, the
-    // forward without them took 1.7 times the one-element one, with them 1.1 to 1.2 (NOTES.md §26).
+    // Where job.prefetch (beyond the caches, or column tiles beyond the cores' own: prefetch_rows),
+    // each row's block first prefetches its lines in the next R rows: inside a forward + backward
+    // at 8x197x3072 bfloat16, the step's data outgrowing the caches, the forward without them took
+    // 1.7 times the one-element one, with them 1.1 to 1.2 (NOTES.md §26, §29).
     const bool ahead = job.prefetch && job.x.kind == Operand::kDense;
     for (int r = 0; r < R; ++r) {
       if (ahead) prefetch_lines(static_cast<const scalar_t*>(job.x.data) + e + r * W, R * W, len);
@@ -691,9 +692,9 @@ struct Tile {
 
   // R rows of operand o's len elements from flat index e on (rows W apart), in T: a pointer and
   // its row stride, into o itself where it is dense and stored in T, else into buf (prefetching
-  // the same elements of the next R rows first where stream: see strips).
+  // the same elements of the next R rows first where prefetch: Job::prefetch).
   template <int R>
-  static const T* read_rows(const Operand& o, int64_t e, int64_t W, int64_t len, bool stream,
+  static const T* read_rows(const Operand& o, int64_t e, int64_t W, int64_t len, bool prefetch,
                             T (&buf)[R][kBlock], int64_t* stride) {
     if constexpr (std::is_same_v<T, scalar_t>) {
       if (o.kind == Operand::kDense) {
@@ -702,7 +703,7 @@ struct Tile {
       }
     }
     for (int r = 0; r < R; ++r) {
-      if (stream && o.kind == Operand::kDense)
+      if (prefetch && o.kind == Operand::kDense)
         prefetch_lines(static_cast<const scalar_t*>(o.data) + e + r * W, R * W, len);
       read<T, scalar_t>(o, e + r * W, len, buf[r]);
     }

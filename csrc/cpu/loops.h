@@ -78,11 +78,17 @@ constexpr TileSizes tile_sizes() {
 // with 32 MB of last-level cache (benchmarks/NOTES.md §20, §21).
 constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
-// Whether a call over numel elements of scalar_t in each of `arrays` arrays (a forward: x and y;
-// a backward: g, x and dx) is beyond kStreamBytes.
+// The bytes of a call over numel elements of scalar_t in each of `arrays` arrays (a forward: x
+// and y; a backward: g, x and dx).
+template <typename scalar_t>
+int64_t call_bytes(int64_t numel, int arrays) {
+  return numel * arrays * int64_t{sizeof(scalar_t)};
+}
+
+// Whether such a call is beyond kStreamBytes.
 template <typename scalar_t>
 bool beyond_the_caches(int64_t numel, int arrays) {
-  return numel * arrays * int64_t{sizeof(scalar_t)} > kStreamBytes;
+  return call_bytes<scalar_t>(numel, arrays) > kStreamBytes;
 }
 
 // A core's own cache (its L2: 1 MB a core on the development machine).
@@ -98,9 +104,9 @@ constexpr int64_t kCoreCacheBytes = int64_t{1} << 20;
 // §29).
 template <typename scalar_t>
 bool prefetch_rows(const Tiling& tl, int64_t numel, int arrays) {
-  const int64_t bytes = numel * arrays * int64_t{sizeof(scalar_t)};
-  return bytes > kStreamBytes ||
-         (tl.col_tiles > 1 && bytes > kCoreCacheBytes * at::get_num_threads());
+  return beyond_the_caches<scalar_t>(numel, arrays) ||
+         (tl.col_tiles > 1 &&
+          call_bytes<scalar_t>(numel, arrays) > kCoreCacheBytes * at::get_num_threads());
 }
 
 // Beyond the caches, a forward still takes four rows at once where its rows' coefficients

@@ -88,7 +88,9 @@ CHANNEL_CASES = {
     # A MobileNet's early activations as channels_last memory lays them out ([N, H, W, C]): rows
     # of 32 columns, narrow
     "8x112x112x32": ((8, 112, 112, 32), (32,)),
-    "64x512x7x7": ((64, 512, 7, 7), (512, 1, 1)),  # a ResNet's last stage: runs of 49, short
+    # A ResNet's last stage: runs of 49, short runs (16-bit ones: column tiles, whose rows
+    # prefetch; cpu/loops.h's tile_sizes and prefetch_rows)
+    "64x512x7x7": ((64, 512, 7, 7), (512, 1, 1)),
     # A Kolmogorov-Arnold Transformer's group-rational activation: 8 groups of 96 channels, x
     # viewed as [B, L, G, C/G]
     "32x197x8x96": ((32, 197, 8, 96), (8, 1)),

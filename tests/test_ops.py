@@ -358,8 +358,10 @@ FORWARD_BEYOND = {"1030 columns": (4201, 1030), "7 columns, folded": (620011, 7)
 def test_forward_in_and_beyond_the_caches_gives_the_same_bits(coef_op, dtype, shape):
     """In the caches a channels-last forward takes four rows at a time (forward_columns,
     csrc/cpu/loops_impl.h; bfloat16 through buffers, forward_buffered); past kStreamBytes of data
-    (csrc/cpu/loops.h), one row at a time. An element's result is the same either way: the whole
-    x (beyond) against pieces of 97 rows (in the caches; a tile's rows not a multiple of four)."""
+    (csrc/cpu/loops.h), one row at a time, or where the rows' coefficients are wide
+    (kWideCoefBytes; 1030 columns' are) eight at a time in float32 and float64
+    (kWideRowsAtOnce), four in bfloat16. An element's result is the same either way: the whole x
+    (beyond) against pieces of 97 rows (in the caches; a tile's rows not a multiple of four)."""
     x = randn(*shape, dtype=dtype)
     assert 2 * x.numel() * x.element_size() > 16 << 20  # beyond kStreamBytes
     cs = coefs(coef_op, dtype, "cpu", [(shape[1],), (), (shape[1],), (1, shape[1])],

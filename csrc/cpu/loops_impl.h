@@ -234,6 +234,12 @@ constexpr int64_t kFlush = 16 * kLaneBlock;
 // (test_coefficient_gradients_as_accurate_as_torch_sum; benchmarks/NOTES.md §15).
 constexpr int kRowsAtOnce = 4;
 constexpr int kRowsPerFlush = 32;
+// A forward of wide rows beyond the caches (cpu/loops.h's kWideCoefBytes), float32 and float64:
+// rows taken at once. Eight load each coefficient from L2 half as often as four, and are still
+// streams the prefetchers follow (16 were not): a float32 forward at 8x197x3072 per channel took
+// 0.86 of four rows' time (benchmarks/NOTES.md §31). 16-bit rows, read through buffers and
+// prefetched, gained nothing and keep four.
+constexpr int kWideRowsAtOnce = 8;
 // Short runs: about how many terms a lane adds plainly before they join its compensated sum. Tiles
 // of 20 rows of two runs of 200, summed plainly (500 terms a lane), were less accurate than
 // torch.sum (test_coefficient_gradients_as_accurate_as_torch_sum).
@@ -544,6 +550,19 @@ struct Tile {
     }
   }
 
+  // forward_columns over rows [row, r1) of dense x, R at a time, their columns from `first` on;
+  // returns the first row not taken (fewer than R are left).
+  template <int R>
+  int64_t forward_groups(const T* x, int64_t row, int64_t r1, int64_t first, int64_t ncols,
+                         const T* k, int64_t kstride) const {
+    const int64_t W = job.tiling.W;
+    for (; row + R <= r1; row += R) {
+      const int64_t e = row * W + first;
+      forward_columns<R>(x + e, job.out + e, W, ncols, k, kstride);
+    }
+    return row;
+  }
+
   // Elements [e, e + len) of one row, a block at a time, element e + q taking the coefficients
   // k[j * kstride + q].
   void forward_segment(int64_t e, int64_t len, const T* k, int64_t kstride) const {
@@ -555,8 +574,8 @@ struct Tile {
   // caches, kRowsAtOnce rows at a time (forward_columns). Beyond them, row by row, in memory
   // order: four rows read and written in turn are more streams than the prefetchers follow, and
   // took 1.6 to 2 times as long there (benchmarks/NOTES.md §21); unless the rows' coefficients
-  // are wide (kWideCoefBytes): then four rows at once still, and 16-bit rows prefetch the next
-  // four's lines (forward_buffered).
+  // are wide (kWideCoefBytes): then several rows at once still (float32 and float64
+  // kWideRowsAtOnce; 16-bit rows four, prefetching the next four's lines: forward_buffered).
   void forward_rows(const Cols& c, const T* k, int64_t kstride) const {
     const int64_t W = job.tiling.W, first = c.c0 * job.slots.P, ncols = width(c);
     int64_t row = c.r0;
@@ -564,10 +583,9 @@ struct Tile {
       if constexpr (std::is_same_v<T, scalar_t>) {
         if (job.inplace || job.x.kind == Operand::kDense) {
           const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);
-          for (; row + kRowsAtOnce <= c.r1; row += kRowsAtOnce) {
-            const int64_t e = row * W + first;
-            forward_columns<kRowsAtOnce>(x + e, job.out + e, W, ncols, k, kstride);
-          }
+          if (job.stream)
+            row = forward_groups<kWideRowsAtOnce>(x, row, c.r1, first, ncols, k, kstride);
+          row = forward_groups<kRowsAtOnce>(x, row, c.r1, first, ncols, k, kstride);
         }
       } else {  // 16-bit types: through buffers
         for (; row + kRowsAtOnce <= c.r1; row += kRowsAtOnce) {
@@ -1037,7 +1055,10 @@ struct Tile {
 };
 
 // Slots [c0, c1) of every coefficient: the tiles' partial sums (layout.h's order) added, row
-// tile by row tile, into the compensated sums sum and comp ([N][C], zero at first).
+// tile by row tile, into the compensated sums sum and comp ([N][C], zero at first). Side by side,
+// each coefficient's partials first prefetch the next coefficient's but one: written by the tiles
+// as they ended, they have left the caches in a backward beyond them (1.2 MB at 8x197x3072 or
+// 32x197x768), and the loop stalled on their loads (benchmarks/NOTES.md §31).
 template <typename T>
 void sum_partials(const Tiling& tl, int N, int64_t C, const T* partial, int64_t c0, int64_t c1,
                   T* sum, T* comp) {
@@ -1051,6 +1072,7 @@ void sum_partials(const Tiling& tl, int N, int64_t C, const T* partial, int64_t 
             kahan_add(s[c], k[c], partial[((rt * C + c) * tl.segs + seg) * N + j]);
       } else {  // the slots side by side: a loop that vectorizes
         const T* __restrict__ p = partial + (rt * N + j) * C;
+        prefetch_lines(p + c0, 2 * C, c1 - c0);
         for (int64_t c = c0; c < c1; ++c) kahan_add(s[c], k[c], p[c]);
       }
     }

@@ -112,8 +112,8 @@ bool prefetch_rows(const Tiling& tl, int64_t numel, int arrays) {
 // Beyond the caches, a forward still takes several rows at once where its rows' coefficients
 // (N · columns · sizeof(T)) exceed this: a third of L1. Row by row, each element then loaded its
 // N coefficients from L2, and per channel on 3072 columns the forward took 2.6 times the
-// one-element one; four rows at once, 1.5 to 1.75 (benchmarks/NOTES.md §26); float32 now takes
-// eight (loops_impl.h's kWideRowsAtOnce, §31).
+// one-element one; four rows at once, 1.5 to 1.75 (benchmarks/NOTES.md §26). float32 and
+// float64 now take eight (loops_impl.h's kWideRowsAtOnce, §31).
 constexpr int64_t kWideCoefBytes = int64_t{16} << 10;
 
 // The most slots whose coefficients a call first copies into one table in T ([N][C]), which every

@@ -235,10 +235,10 @@ constexpr int64_t kFlush = 16 * kLaneBlock;
 constexpr int kRowsAtOnce = 4;
 constexpr int kRowsPerFlush = 32;
 // A forward of wide rows beyond the caches (cpu/loops.h's kWideCoefBytes), float32 and float64:
-// rows taken at once. Eight load each coefficient from L2 half as often as four, and are still
-// streams the prefetchers follow (16 were not): a float32 forward at 8x197x3072 per channel took
-// 0.86 of four rows' time (benchmarks/NOTES.md §31). 16-bit rows, read through buffers and
-// prefetched, gained nothing and keep four.
+// rows taken at once. Eight load each coefficient from L2 half as often as four: a float32
+// forward at 8x197x3072 per channel took 0.78 to 0.88 of four rows' time; two and 16 rows ran
+// slower than four (benchmarks/NOTES.md §31). 16-bit rows, read through buffers and prefetched,
+// gained nothing and keep four.
 constexpr int kWideRowsAtOnce = 8;
 // Short runs: about how many terms a lane adds plainly before they join its compensated sum. Tiles
 // of 20 rows of two runs of 200, summed plainly (500 terms a lane), were less accurate than
@@ -1055,10 +1055,10 @@ struct Tile {
 };
 
 // Slots [c0, c1) of every coefficient: the tiles' partial sums (layout.h's order) added, row
-// tile by row tile, into the compensated sums sum and comp ([N][C], zero at first). Side by side,
-// each coefficient's partials first prefetch the next coefficient's but one: written by the tiles
-// as they ended, they have left the caches in a backward beyond them (1.2 MB at 8x197x3072 or
-// 32x197x768), and the loop stalled on their loads (benchmarks/NOTES.md §31).
+// tile by row tile, into the compensated sums sum and comp ([N][C], zero at first). Side by side
+// ([row tile][N][C]), each row of partials first prefetches the one two rows on: written by the
+// tiles as they ended, the partials have left the caches in a backward beyond them (1.2 MB at
+// 8x197x3072 or 32x197x768), and the loop stalled on their loads (benchmarks/NOTES.md §31).
 template <typename T>
 void sum_partials(const Tiling& tl, int N, int64_t C, const T* partial, int64_t c0, int64_t c1,
                   T* sum, T* comp) {

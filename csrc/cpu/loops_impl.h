@@ -583,7 +583,7 @@ struct Tile {
       if constexpr (std::is_same_v<T, scalar_t>) {
         if (job.inplace || job.x.kind == Operand::kDense) {
           const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);
-          if (job.stream)
+          if (job.stream)  // here only with wide rows
             row = forward_groups<kWideRowsAtOnce>(x, row, c.r1, first, ncols, k, kstride);
           row = forward_groups<kRowsAtOnce>(x, row, c.r1, first, ncols, k, kstride);
         }

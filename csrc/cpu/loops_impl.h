@@ -240,6 +240,7 @@ constexpr int kRowsPerFlush = 32;
 // slower than four (benchmarks/NOTES.md §31). 16-bit rows, read through buffers and prefetched,
 // gained nothing and keep four.
 constexpr int kWideRowsAtOnce = 8;
+static_assert(kWideRowsAtOnce > kRowsAtOnce);
 // Short runs: about how many terms a lane adds plainly before they join its compensated sum. Tiles
 // of 20 rows of two runs of 200, summed plainly (500 terms a lane), were less accurate than
 // torch.sum (test_coefficient_gradients_as_accurate_as_torch_sum).
@@ -550,17 +551,40 @@ struct Tile {
     }
   }
 
-  // forward_columns over rows [row, r1) of dense x, R at a time, their columns from `first` on;
-  // returns the first row not taken (fewer than R are left).
+  // forward_columns over rows [row, r1) of tile c's columns, R at a time: x's own rows where
+  // they are dense and in T (in place: the result's), else, for 16-bit types, through buffers a
+  // block of columns at a time (forward_buffered); strided x in T takes none. Returns the first
+  // row not taken (fewer than R are left).
   template <int R>
-  int64_t forward_groups(const T* x, int64_t row, int64_t r1, int64_t first, int64_t ncols,
-                         const T* k, int64_t kstride) const {
-    const int64_t W = job.tiling.W;
-    for (; row + R <= r1; row += R) {
-      const int64_t e = row * W + first;
-      forward_columns<R>(x + e, job.out + e, W, ncols, k, kstride);
+  int64_t forward_groups(const Cols& c, int64_t row, const T* k, int64_t kstride) const {
+    const int64_t W = job.tiling.W, first = c.c0 * job.slots.P, ncols = width(c);
+    if constexpr (std::is_same_v<T, scalar_t>) {
+      if (!job.inplace && job.x.kind != Operand::kDense) return row;
+      const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);
+      for (; row + R <= c.r1; row += R) {
+        const int64_t e = row * W + first;
+        forward_columns<R>(x + e, job.out + e, W, ncols, k, kstride);
+      }
+    } else {
+      for (; row + R <= c.r1; row += R) {
+        for (int64_t q = 0; q < ncols; q += kBlock)
+          forward_buffered<R>(row * W + first + q, std::min(kBlock, ncols - q), k + q, kstride);
+      }
     }
     return row;
+  }
+
+  // How many rows forward_rows takes at once over ncols columns. In the caches, kRowsAtOnce: each
+  // coefficient loaded once for them (forward_columns). Beyond them, one, row by row in memory
+  // order: four rows read and written in turn are more streams than the prefetchers follow, and
+  // took 1.6 to 2 times as long there (benchmarks/NOTES.md §21); unless the rows' coefficients
+  // are wide (kWideCoefBytes), which row by row each element loaded from L2: then float32 and
+  // float64 take kWideRowsAtOnce, 16-bit rows four (forward_buffered prefetches the next four's
+  // lines).
+  int rows_at_once(int64_t ncols) const {
+    if (!job.stream) return kRowsAtOnce;
+    if (ncols * N * int64_t{sizeof(T)} <= kWideCoefBytes) return 1;
+    return std::is_same_v<T, scalar_t> ? kWideRowsAtOnce : kRowsAtOnce;
   }
 
   // Elements [e, e + len) of one row, a block at a time, element e + q taking the coefficients
@@ -570,31 +594,16 @@ struct Tile {
       forward_block(e + q, std::min(kBlock, len - q), k + q, kstride);
   }
 
-  // Rows [c.r0, c.r1) of the columns of slots [c.c0, c.c1), taking their coefficients k. In the
-  // caches, kRowsAtOnce rows at a time (forward_columns). Beyond them, row by row, in memory
-  // order: four rows read and written in turn are more streams than the prefetchers follow, and
-  // took 1.6 to 2 times as long there (benchmarks/NOTES.md §21); unless the rows' coefficients
-  // are wide (kWideCoefBytes): then several rows at once still (float32 and float64
-  // kWideRowsAtOnce; 16-bit rows four, prefetching the next four's lines: forward_buffered).
+  // Rows [c.r0, c.r1) of the columns of slots [c.c0, c.c1), taking their coefficients k:
+  // rows_at_once at a time, the rows left (and strided x) row by row.
   void forward_rows(const Cols& c, const T* k, int64_t kstride) const {
     const int64_t W = job.tiling.W, first = c.c0 * job.slots.P, ncols = width(c);
+    const int R = rows_at_once(ncols);
     int64_t row = c.r0;
-    if (!job.stream || ncols * N * int64_t{sizeof(T)} > kWideCoefBytes) {
-      if constexpr (std::is_same_v<T, scalar_t>) {
-        if (job.inplace || job.x.kind == Operand::kDense) {
-          const T* x = job.inplace ? job.out : static_cast<const T*>(job.x.data);
-          if (job.stream)  // here only with wide rows
-            row = forward_groups<kWideRowsAtOnce>(x, row, c.r1, first, ncols, k, kstride);
-          row = forward_groups<kRowsAtOnce>(x, row, c.r1, first, ncols, k, kstride);
-        }
-      } else {  // 16-bit types: through buffers
-        for (; row + kRowsAtOnce <= c.r1; row += kRowsAtOnce) {
-          for (int64_t q = 0; q < ncols; q += kBlock)
-            forward_buffered<kRowsAtOnce>(row * W + first + q, std::min(kBlock, ncols - q), k + q,
-                                          kstride);
-        }
-      }
+    if constexpr (std::is_same_v<T, scalar_t>) {
+      if (R == kWideRowsAtOnce) row = forward_groups<kWideRowsAtOnce>(c, row, k, kstride);
     }
+    if (R >= kRowsAtOnce) row = forward_groups<kRowsAtOnce>(c, row, k, kstride);
     for (; row < c.r1; ++row) forward_segment(row * W + first, ncols, k, kstride);
   }
 

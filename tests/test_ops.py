@@ -416,17 +416,19 @@ def test_short_runs_give_the_same_bits_every_way(coef_op, dtype):
     ids=["one-element", "per channel, long rows", "per channel, many rows", "per channel, folded",
          "per channel, short runs", "per channel, short runs, two channels"],
 )
-def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_shape):
+def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, device, shape, coef_shape):
     """Each coefficient gradient is a sum of 2^20 float32 terms (or per channel, of 256, 4096 or
     2^17: rows of 8 columns, which the CPU folds 16 to a row, make_tiling's fold_cols; or 512
     runs of 37, or 2048 of 200 in tiles of 20 rows, short runs, make_tiling's short_run).
     Against the exact sums (math.fsum) of the very terms the kernel adds (it returns them as the
     gradient of a coefficient of x's own shape), its error relative to the sum of the terms'
     magnitudes (the measure summation error bounds use), averaged over every sum, is no larger
-    than torch.sum's of the same terms."""
-    x = randn(*shape, seed=11)
-    g = randn(*shape, seed=12)
-    cs = coefs(coef_op, torch.float32, "cpu", coef_shape, seed=13)
+    than torch.sum's of the same terms on the same device. (The CUDA kernels add plainly, in a
+    fixed order of thread, block and tile sums, where the CPU's compensate; this holds them to
+    the same bar.)"""
+    x = randn(*shape, device=device, seed=11)
+    g = randn(*shape, device=device, seed=12)
+    cs = coefs(coef_op, torch.float32, device, coef_shape, seed=13)
     ours = torch.autograd.grad(coef_op_call(coef_op, x, cs), cs, g)
     # The same coefficient values, one per element: the gradient is then the terms themselves.
     per_element = [c.detach().expand(shape).contiguous().requires_grad_() for c in cs]
@@ -435,10 +437,11 @@ def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, shape, coef_sha
     for got, t in zip(ours, terms, strict=True):
         # One sum per column (per channel: dim 1 of [N, C, P]).
         columns = t.reshape(-1, 1) if t.dim() == 1 else t.transpose(1, -1).reshape(-1, t.shape[1])
-        exact = torch.tensor([math.fsum(col) for col in columns.double().t().tolist()])
-        magnitude = columns.double().abs().sum(dim=0)
-        err_ours.append((got.reshape(-1).double() - exact).abs() / magnitude)
-        err_torch.append((columns.sum(dim=0).double() - exact).abs() / magnitude)
+        terms64 = columns.double().cpu()
+        exact = torch.tensor([math.fsum(col) for col in terms64.t().tolist()])
+        magnitude = terms64.abs().sum(dim=0)
+        err_ours.append((got.reshape(-1).double().cpu() - exact).abs() / magnitude)
+        err_torch.append((columns.sum(dim=0).double().cpu() - exact).abs() / magnitude)
     ours_mean, torch_mean = torch.cat(err_ours).mean(), torch.cat(err_torch).mean()
     assert ours_mean <= torch_mean, (ours_mean.item(), torch_mean.item())
 

@@ -35,6 +35,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <limits>
 
 #include "../layout.h"
 #include "../ops.h"
@@ -164,14 +165,16 @@ __device__ void block_sum(acc_t* s) {
 // ---- one-element coefficients: grid-stride kernels ---------------------------------------------
 // An item is V elements (one 16-byte load, or V == 1); each thread takes U items per iteration,
 // all loaded before any is computed. sx, sg: 1, or 0 for an input expanded from one element.
+// A forward's x and y (and the tile kernels' x and out) are not __restrict__: in place they are
+// the same memory, which __restrict__ would declare they are not (nvcc then reads x through the
+// read-only cache, which a kernel must not write to).
 
 template <int V>
 constexpr int kUnroll = V > 1 ? 2 : 4;
 
 template <class Op, int V, typename scalar_t, typename T, int N>
 __global__ void __launch_bounds__(kThreads)
-    map_kernel(const scalar_t* __restrict__ x, int64_t sx, scalar_t* __restrict__ y, int64_t n,
-               CoefArgs<N> coefs) {
+    map_kernel(const scalar_t* x, int64_t sx, scalar_t* y, int64_t n, CoefArgs<N> coefs) {
   using P = Pack<scalar_t, V>;
   constexpr int U = kUnroll<V>;
   T k[N > 0 ? N : 1];
@@ -310,9 +313,9 @@ __global__ void __launch_bounds__(kThreads)
 // are read V at a time when vec (every segment then starts on a 16-byte boundary).
 template <class Op, bool kBackward, int V, typename scalar_t, typename T, int N>
 __global__ void __launch_bounds__(kThreads)
-    run_tile_kernel(TileArgs a, const scalar_t* __restrict__ g, int64_t sg,
-                    const scalar_t* __restrict__ x, int64_t sx, scalar_t* __restrict__ out,
-                    const T* __restrict__ table, T* __restrict__ partial) {
+    run_tile_kernel(TileArgs a, const scalar_t* __restrict__ g, int64_t sg, const scalar_t* x,
+                    int64_t sx, scalar_t* out, const T* __restrict__ table,
+                    T* __restrict__ partial) {
   using P = Pack<scalar_t, V>;
   const int64_t t = blockIdx.x;
   const int64_t s = t % a.segs, c = (t / a.segs) % a.C, rt = t / (a.segs * a.C);
@@ -363,9 +366,9 @@ constexpr int64_t kMaxTileCols = kThreads * kColsPerThread;
 
 template <class Op, bool kBackward, typename scalar_t, typename T, int N>
 __global__ void __launch_bounds__(kThreads)
-    col_tile_kernel(TileArgs a, const scalar_t* __restrict__ g, int64_t sg,
-                    const scalar_t* __restrict__ x, int64_t sx, scalar_t* __restrict__ out,
-                    const T* __restrict__ table, T* __restrict__ partial) {
+    col_tile_kernel(TileArgs a, const scalar_t* __restrict__ g, int64_t sg, const scalar_t* x,
+                    int64_t sx, scalar_t* out, const T* __restrict__ table,
+                    T* __restrict__ partial) {
   extern __shared__ unsigned char shared_raw[];
   T* shared = reinterpret_cast<T*>(shared_raw);  // [N][kMaxTileCols]
   const int64_t ct = blockIdx.x % a.col_tiles, rt = blockIdx.x / a.col_tiles;
@@ -509,6 +512,14 @@ struct Kernels {
                            const scalar_t* x, int64_t sx, scalar_t* out, const T* table, T* partial,
                            cudaStream_t stream) {
     constexpr int V = kVec<scalar_t>;
+    // A block per tile: tiles hold hundreds of elements or more, so a grid beyond CUDA's 2^31 - 1
+    // blocks would take some 2^40 elements; said, not assumed.
+    TORCH_CHECK(tl.tiles <= std::numeric_limits<int32_t>::max(), "torchext: ", tl.tiles,
+                " tiles are more blocks than a CUDA grid holds");
+    // Shared memory beyond 48 KB a block needs cudaFuncSetAttribute's opt-in: an op of more
+    // coefficients (kMaxCoefs is 8) would fail to launch without it.
+    static_assert(size_t{N} * kMaxTileCols * sizeof(T) <= size_t{48} << 10,
+                  "col_tile_kernel's sums outgrow the 48 KB a block gets without an opt-in");
     const TileArgs a = tile_args(slots, tl);
     if (tl.runs) {
       const bool vec = V > 1 && sx == 1 && (!kBackward || sg == 1) && aligned16(x) &&

@@ -210,5 +210,22 @@ C10_HOST_DEVICE inline int64_t dtype_size(Dtype t) {
   return t == Dtype::Float ? 4 : t == Dtype::Double ? 8 : 2;
 }
 
+// ---- compensated sums -------------------------------------------------------------------------
+// A running sum and the rounding error it dropped, taken exactly by Knuth's TwoSum: the
+// coefficient gradients' sums, on the CPU (in its lanes and tiles) and on CUDA (in each thread's
+// chain, before the block's tree), so that they are at least as accurate as torch.sum of the same
+// terms. Only + and -: no FMA contraction can change it (nvcc contracts by default). Branch-free,
+// so the CPU's loops that keep many such sums vectorize (setup.py's -fno-trapping-math lets the
+// compiler turn the select below into a blend). A sum that has become infinite or NaN keeps no
+// compensation (it would be NaN), so an infinity stays an infinity.
+template <typename T>
+C10_HOST_DEVICE inline void kahan_add(T& sum, T& comp, T v) {
+  const T t = sum + v;
+  const T vv = t - sum;
+  const T lost = (sum - (t - vv)) + (v - vv);
+  comp += t - t == 0 ? lost : T(0);
+  sum = t;
+}
+
 }  // namespace math
 }  // namespace torchext

@@ -38,6 +38,8 @@
 namespace torchext {
 namespace cpu {
 
+using math::kahan_add;  // the compensated sums' step, shared with the CUDA kernels
+
 // The lanes of a block's sums: independent accumulators the compiler keeps in vector registers
 // (a lane-wise loop vectorizes without -ffast-math reassociation).
 constexpr int kLanes = 16;
@@ -374,11 +376,6 @@ std::unique_ptr<T[]> coef_table(const Call& call) {
   std::unique_ptr<T[]> table(new T[call.ncoefs * C]);
   for (int j = 0; j < call.ncoefs; ++j) load_slots(call.coefs[j], 0, C, table.get() + j * C);
   return table;
-}
-
-template <typename T>
-void kahan_add(T& sum, T& comp, T v) {
-  base::kahan_add(sum, comp, v);
 }
 
 // Each slot's sum over the tiles' partial sums, in tile order (slots in parallel: each slot's

@@ -193,19 +193,7 @@ void write(scalar_t* out, int64_t e, const T* buf, int64_t len) {
   if constexpr (!std::is_same_v<T, scalar_t>) narrow(buf, out + e, len);
 }
 
-// ---- compensated sums -------------------------------------------------------------------------
-// A running sum and the rounding error it dropped, taken exactly by Knuth's TwoSum (branch-free,
-// so the loops that keep many such sums vectorize; setup.py's -fno-trapping-math lets the
-// compiler turn the select below into a blend). A sum that has become infinite or NaN keeps no
-// compensation (it would be NaN), so an infinity stays an infinity.
-template <typename T>
-inline void kahan_add(T& sum, T& comp, T v) {
-  const T t = sum + v;
-  const T vv = t - sum;
-  const T lost = (sum - (t - vv)) + (v - vv);
-  comp += t - t == 0 ? lost : T(0);
-  sum = t;
-}
+// ---- compensated sums (math.h's kahan_add) ----------------------------------------------------
 
 // Pairwise sum of L lane accumulators, each a sum and its compensation.
 template <int L, typename T>

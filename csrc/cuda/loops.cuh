@@ -9,6 +9,8 @@
 //   whole slots), each writing its partial sums; one kernel adds each slot's partials in a fixed
 //   order, another writes each coefficient's gradient in its dtype.
 //
+// Each thread adds its chain of terms compensated (ThreadSums: math.h's kahan_add, as the CPU
+// does), and the threads' totals go through a block's tree of shuffles.
 // No atomics: the gradients are bitwise the same on every run on the same GPU model (the flat
 // grid depends on the SM count and occupancy) for inputs of the same alignment (which picks the
 // 16-byte or the scalar path). Launched on the current stream of x's device under a device
@@ -141,6 +143,27 @@ GradArgs<N> grad_args(Call& call) {
 
 // ---- block sums -------------------------------------------------------------------------------
 
+// A thread's N running sums, compensated (math.h's kahan_add, as the CPU's): each thread adds its
+// chain of terms (up to a tile's 256 rows, or a slot's partials) with the rounding errors kept,
+// and only the threads' totals go through block_sum's tree (its depth is 8), so that the
+// gradients are as accurate as torch.sum of the same terms (test_ops.py's
+// test_coefficient_gradients_as_accurate_as_torch_sum, on CUDA too).
+template <typename T, int N>
+struct ThreadSums {
+  T sum[N > 0 ? N : 1] = {}, comp[N > 0 ? N : 1] = {};
+
+  __device__ void add(int j, T v) { math::kahan_add(sum[j], comp[j], v); }
+  __device__ void add(const T* terms) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) add(j, terms[j]);
+  }
+  __device__ T total(int j) const { return sum[j] + comp[j]; }
+  __device__ void totals(T* s) const {
+#pragma unroll
+    for (int j = 0; j < N; ++j) s[j] = total(j);
+  }
+};
+
 // Sums s[0..N) over the block in a fixed order (shuffles, then one warp); thread 0 gets the totals.
 template <int N, typename acc_t>
 __device__ void block_sum(acc_t* s) {
@@ -211,13 +234,12 @@ __global__ void __launch_bounds__(kThreads)
     y[i] = static_cast<scalar_t>(Op::forward(T(x[i * sx]), k));
 }
 
-// dx = op.backward(g, v), with the N coefficient terms summed per thread into s.
+// dx = op.backward(g, v), with the N coefficient terms added to the thread's sums s.
 template <class Op, typename T, int N, typename scalar_t>
-__device__ inline scalar_t backward_one(scalar_t g, scalar_t v, const T* k, T* s) {
+__device__ inline scalar_t backward_one(scalar_t g, scalar_t v, const T* k, ThreadSums<T, N>& s) {
   T terms[N > 0 ? N : 1];
   const T dx = Op::backward(T(g), T(v), k, terms);
-#pragma unroll
-  for (int j = 0; j < N; ++j) s[j] += terms[j];
+  s.add(terms);
   return static_cast<scalar_t>(dx);
 }
 
@@ -230,7 +252,8 @@ __global__ void __launch_bounds__(kThreads)
                 T* __restrict__ partial) {
   using P = Pack<scalar_t, V>;
   constexpr int U = kUnroll<V>;
-  T k[N > 0 ? N : 1], s[N > 0 ? N : 1] = {};
+  T k[N > 0 ? N : 1];
+  ThreadSums<T, N> s;
   coefs.load(k);
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t items = n / V;
@@ -265,9 +288,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = items * V + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
     dx[i] = backward_one<Op, T, N>(g[i * sg], v[i * sv], k, s);
   if constexpr (N > 0) {
-    block_sum<N>(s);
+    T total[N];
+    s.totals(total);
+    block_sum<N>(total);
     if (threadIdx.x == 0)
-      for (int j = 0; j < N; ++j) partial[blockIdx.x * N + j] = s[j];
+      for (int j = 0; j < N; ++j) partial[blockIdx.x * N + j] = total[j];
   }
 }
 
@@ -275,9 +300,11 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     finish_flat_kernel(const T* __restrict__ partial, int64_t blocks, GradArgs<N> out) {
-  T s[N] = {};
+  ThreadSums<T, N> sums;
   for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x)
-    for (int j = 0; j < N; ++j) s[j] += partial[b * N + j];
+    for (int j = 0; j < N; ++j) sums.add(j, partial[b * N + j]);
+  T s[N];
+  sums.totals(s);
   block_sum<N>(s);
   if (threadIdx.x == 0)
     for (int j = 0; j < N; ++j) math::store(out.ptr[j], out.dtype[j], s[j]);
@@ -321,7 +348,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t s = t % a.segs, c = (t / a.segs) % a.C, rt = t / (a.segs * a.C);
   const int64_t r0 = rt * a.rows_per_tile, r1 = min(a.rows, r0 + a.rows_per_tile);
   const int64_t begin = c * a.P + s * a.seg, len = min(a.seg, a.P - s * a.seg);
-  T k[N > 0 ? N : 1], sums[N > 0 ? N : 1] = {};
+  T k[N > 0 ? N : 1];
+  ThreadSums<T, N> sums;
 #pragma unroll
   for (int j = 0; j < N; ++j) k[j] = table[j * a.C + c];
   for (int64_t r = r0; r < r1; ++r) {
@@ -351,9 +379,11 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if constexpr (kBackward && N > 0) {
-    block_sum<N>(sums);
+    T total[N];
+    sums.totals(total);
+    block_sum<N>(total);
     if (threadIdx.x == 0)
-      for (int j = 0; j < N; ++j) partial[t * N + j] = sums[j];
+      for (int j = 0; j < N; ++j) partial[t * N + j] = total[j];
   }
 }
 
@@ -381,7 +411,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t col = ncols >= kThreads ? tid : tid % ncols,
                 lane = ncols >= kThreads ? 0 : tid / ncols;
   const bool active = lane < lanes;
-  T sums[kColsPerThread][N > 0 ? N : 1] = {};
+  ThreadSums<T, N> sums[kColsPerThread];
   if (active) {
     for (int m = 0; m < kColsPerThread; ++m) {
       const int64_t q = col + int64_t{m} * kThreads;
@@ -405,7 +435,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int m = 0; m < kColsPerThread; ++m) {
       const int64_t q = col + int64_t{m} * kThreads;
       if (!active || q >= ncols || (lanes > 1 && m > 0)) break;
-      for (int j = 0; j < N; ++j) shared[j * kMaxTileCols + lane * ncols + q] = sums[m][j];
+      for (int j = 0; j < N; ++j) shared[j * kMaxTileCols + lane * ncols + q] = sums[m].total(j);
     }
     __syncthreads();
     // Thread i sums slot (i % slots) of coefficient (i / slots) over its lanes and P columns.
@@ -413,11 +443,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t i = tid; i < N * slots; i += kThreads) {
       const int j = static_cast<int>(i / slots);
       const int64_t sl = i % slots;
-      T total = 0;
+      ThreadSums<T, 1> total;
       for (int64_t l = 0; l < lanes; ++l)
         for (int64_t q = sl * a.P; q < (sl + 1) * a.P; ++q)
-          total += shared[j * kMaxTileCols + l * ncols + q];
-      partial[(rt * N + j) * a.C + c0 + sl] = total;
+          total.add(0, shared[j * kMaxTileCols + l * ncols + q]);
+      partial[(rt * N + j) * a.C + c0 + sl] = total.total(0);
     }
   }
 }
@@ -428,17 +458,19 @@ __global__ void __launch_bounds__(kThreads)
     finish_slots_kernel(TileArgs a, bool runs, int64_t row_tiles, const T* __restrict__ partial,
                         T* __restrict__ slot_sums) {
   for (int64_t c = blockIdx.x; c < a.C; c += gridDim.x) {
-    T s[N] = {};
+    ThreadSums<T, N> sums;
     if (runs) {
       const int64_t per_slot = row_tiles * a.segs;
       for (int64_t i = threadIdx.x; i < per_slot; i += blockDim.x) {
         const int64_t rt = i / a.segs, seg = i % a.segs;
-        for (int j = 0; j < N; ++j) s[j] += partial[((rt * a.C + c) * a.segs + seg) * N + j];
+        for (int j = 0; j < N; ++j) sums.add(j, partial[((rt * a.C + c) * a.segs + seg) * N + j]);
       }
     } else {
       for (int64_t rt = threadIdx.x; rt < row_tiles; rt += blockDim.x)
-        for (int j = 0; j < N; ++j) s[j] += partial[(rt * N + j) * a.C + c];
+        for (int j = 0; j < N; ++j) sums.add(j, partial[(rt * N + j) * a.C + c]);
     }
+    T s[N];
+    sums.totals(s);
     block_sum<N>(s);
     if (threadIdx.x == 0)
       for (int j = 0; j < N; ++j) slot_sums[j * a.C + c] = s[j];
@@ -449,7 +481,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     finish_coefs_kernel(int64_t C, const T* __restrict__ slot_sums, GradArgs<N> out) {
-  T s[N] = {};
+  ThreadSums<T, N> sums;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     for (int j = 0; j < N; ++j) {
       const T v = slot_sums[j * C + c];
@@ -457,10 +489,12 @@ __global__ void __launch_bounds__(kThreads)
         math::store(static_cast<char*>(out.ptr[j]) + c * math::dtype_size(out.dtype[j]),
                     out.dtype[j], v);
       } else {
-        s[j] += v;
+        sums.add(j, v);
       }
     }
   }
+  T s[N];
+  sums.totals(s);
   block_sum<N>(s);
   if (threadIdx.x == 0)
     for (int j = 0; j < N; ++j)

@@ -10,7 +10,7 @@
 //   order, another writes each coefficient's gradient in its dtype.
 //
 // Each thread adds its chain of terms compensated (ThreadSums: math.h's kahan_add, as the CPU
-// does), and the threads' totals go through a block's tree of shuffles.
+// does), and a block merges its threads' sums and compensations up a tree of shuffles.
 // No atomics: the gradients are bitwise the same on every run on the same GPU model (the flat
 // grid depends on the SM count and occupancy) for inputs of the same alignment (which picks the
 // 16-byte or the scalar path). Launched on the current stream of x's device under a device
@@ -144,10 +144,12 @@ GradArgs<N> grad_args(Call& call) {
 // ---- block sums -------------------------------------------------------------------------------
 
 // A thread's N running sums, compensated (math.h's kahan_add, as the CPU's): each thread adds its
-// chain of terms (up to a tile's 256 rows, or a slot's partials) with the rounding errors kept,
-// and only the threads' totals go through block_sum's tree (its depth is 8), so that the
-// gradients are as accurate as torch.sum of the same terms (test_ops.py's
-// test_coefficient_gradients_as_accurate_as_torch_sum, on CUDA too).
+// chain of terms (a tile's rows, or a slot's partials) with the rounding errors kept, and
+// block_sum then merges the threads' pairs up a tree the same way, so that a block's sums lose
+// only their final rounding: at least as accurate as torch.sum of the same terms (test_ops.py's
+// test_coefficient_gradients_as_accurate_as_torch_sum on a GPU, and test_cuda_emulated.py's).
+// With plain trees, the one-element sums of 2^16 terms over two blocks (the emulated GPU's)
+// came out less accurate than the CPU's torch.sum.
 template <typename T, int N>
 struct ThreadSums {
   T sum[N > 0 ? N : 1] = {}, comp[N > 0 ? N : 1] = {};
@@ -157,30 +159,43 @@ struct ThreadSums {
 #pragma unroll
     for (int j = 0; j < N; ++j) add(j, terms[j]);
   }
-  __device__ T total(int j) const { return sum[j] + comp[j]; }
-  __device__ void totals(T* s) const {
-#pragma unroll
-    for (int j = 0; j < N; ++j) s[j] = total(j);
+  // Another running sum (s, its compensation c) merged into sum j.
+  __device__ void merge(int j, T s, T c) {
+    add(j, s);
+    comp[j] += c;
   }
+  __device__ T total(int j) const { return sum[j] + comp[j]; }
 };
 
-// Sums s[0..N) over the block in a fixed order (shuffles, then one warp); thread 0 gets the totals.
-template <int N, typename acc_t>
-__device__ void block_sum(acc_t* s) {
-  __shared__ acc_t warp_sums[kWarps][N > 0 ? N : 1];
+// Merges every thread's sums over the block in a fixed order (shuffles, then one warp); thread 0's
+// then hold the block's.
+template <typename T, int N>
+__device__ void block_sum(ThreadSums<T, N>& p) {
+  __shared__ T warp_sums[kWarps][N > 0 ? N : 1][2];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const auto warp_merge = [&p](int k) {
+    for (int off = 16; off > 0; off /= 2) {
+      const T s = __shfl_down_sync(0xffffffffu, p.sum[k], off);
+      const T c = __shfl_down_sync(0xffffffffu, p.comp[k], off);
+      p.merge(k, s, c);
+    }
+  };
 #pragma unroll
-  for (int k = 0; k < N; ++k)
-    for (int off = 16; off > 0; off /= 2) s[k] += __shfl_down_sync(0xffffffffu, s[k], off);
+  for (int k = 0; k < N; ++k) warp_merge(k);
   __syncthreads();  // warp_sums may still be read by a previous call
-  if (lane == 0)
-    for (int k = 0; k < N; ++k) warp_sums[warp][k] = s[k];
+  if (lane == 0) {
+    for (int k = 0; k < N; ++k) {
+      warp_sums[warp][k][0] = p.sum[k];
+      warp_sums[warp][k][1] = p.comp[k];
+    }
+  }
   __syncthreads();
   if (warp == 0) {
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      s[k] = lane < kWarps ? warp_sums[lane][k] : acc_t(0);
-      for (int off = 16; off > 0; off /= 2) s[k] += __shfl_down_sync(0xffffffffu, s[k], off);
+      p.sum[k] = lane < kWarps ? warp_sums[lane][k][0] : T(0);
+      p.comp[k] = lane < kWarps ? warp_sums[lane][k][1] : T(0);
+      warp_merge(k);
     }
   }
 }
@@ -288,11 +303,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = items * V + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
     dx[i] = backward_one<Op, T, N>(g[i * sg], v[i * sv], k, s);
   if constexpr (N > 0) {
-    T total[N];
-    s.totals(total);
-    block_sum<N>(total);
+    block_sum(s);
     if (threadIdx.x == 0)
-      for (int j = 0; j < N; ++j) partial[blockIdx.x * N + j] = total[j];
+      for (int j = 0; j < N; ++j) partial[blockIdx.x * N + j] = s.total(j);
   }
 }
 
@@ -303,11 +316,9 @@ __global__ void __launch_bounds__(kThreads)
   ThreadSums<T, N> sums;
   for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x)
     for (int j = 0; j < N; ++j) sums.add(j, partial[b * N + j]);
-  T s[N];
-  sums.totals(s);
-  block_sum<N>(s);
+  block_sum(sums);
   if (threadIdx.x == 0)
-    for (int j = 0; j < N; ++j) math::store(out.ptr[j], out.dtype[j], s[j]);
+    for (int j = 0; j < N; ++j) math::store(out.ptr[j], out.dtype[j], sums.total(j));
 }
 
 // ---- per-slot coefficients: tile kernels ------------------------------------------------------
@@ -379,11 +390,9 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if constexpr (kBackward && N > 0) {
-    T total[N];
-    sums.totals(total);
-    block_sum<N>(total);
+    block_sum(sums);
     if (threadIdx.x == 0)
-      for (int j = 0; j < N; ++j) partial[t * N + j] = total[j];
+      for (int j = 0; j < N; ++j) partial[t * N + j] = sums.total(j);
   }
 }
 
@@ -469,11 +478,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t rt = threadIdx.x; rt < row_tiles; rt += blockDim.x)
         for (int j = 0; j < N; ++j) sums.add(j, partial[(rt * N + j) * a.C + c]);
     }
-    T s[N];
-    sums.totals(s);
-    block_sum<N>(s);
+    block_sum(sums);
     if (threadIdx.x == 0)
-      for (int j = 0; j < N; ++j) slot_sums[j * a.C + c] = s[j];
+      for (int j = 0; j < N; ++j) slot_sums[j * a.C + c] = sums.total(j);
   }
 }
 
@@ -493,12 +500,10 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  T s[N];
-  sums.totals(s);
-  block_sum<N>(s);
+  block_sum(sums);
   if (threadIdx.x == 0)
     for (int j = 0; j < N; ++j)
-      if (!out.per_slot[j]) math::store(out.ptr[j], out.dtype[j], s[j]);
+      if (!out.per_slot[j]) math::store(out.ptr[j], out.dtype[j], sums.total(j));
 }
 
 // ---- drivers ----------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""The CUDA kernels' own code, run without a GPU: csrc/cuda/loops.cuh (its host driver, tilings,
+kernels and sums) built as host code whose CUDA threads are OS threads (tests/emulated_cuda:
+__syncthreads and the warp shuffles are barriers, a launch runs its blocks one at a time, unwritten
+dynamic shared memory reads as NaN). Each case goes through a path of the CUDA build (16-byte and
+scalar loads, grid-stride loops that go round, run tiles and column tiles, lanes of rows, every
+coefficient layout, in place, strided and expanded inputs, the output mask) and is checked
+against the float64 reference and its error bounds (benchmarks/gpu_cases.py, which
+gpu_validate.sh's cases use on a GPU), for determinism, and for the accuracy of the sums.
+
+What a GPU alone shows (timing, its memory model, FMA contraction, the sanitizers) waits for
+benchmarks/gpu_validate.sh. Slow: the module builds on first use (about half a minute) into
+build/emulated_cuda."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_cases  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("emulated_cuda_build",
+                                               ROOT / "tests" / "emulated_cuda" / "build.py")
+emulated_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(emulated_build)
+
+pytestmark = pytest.mark.slow
+
+OPS = gpu_cases.ops()
+COEF_OPS = gpu_cases.coef_ops()
+SAVES_RESULT = {name for name, op in __import__("torchext").functional.OPS.items()
+                if op.saves == "result"}
+
+# name -> (x shape, coefficient shape, offset of x and g into their buffers), each a path of
+# loops.cuh (its kTileSizes: runs from 1024 elements, column tiles of at most 1024 columns and 256
+# rows; its threads: 256 a block, 4 columns each).
+LAYOUTS = {
+    # The flat kernels: a grid of two blocks (the emulated GPU's wave), so each thread's
+    # grid-stride loop goes round; 16-byte loads and a tail, or (one element in) scalar loads.
+    "one-element": ((4 * 1024 + 7,), (), 0),
+    "one-element, misaligned": ((3 * 1024 + 5,), (), 1),
+    # Column tiles: 300 columns (threads 0-43 take a second column), two slots of runs of 600
+    # (a column tile each: 1024 columns at most; threads 0-87 take a third column), 40 columns
+    # (six lanes of rows per column: ncols < 256), 16 channels first on 7x7 maps (P = 49).
+    "(300,) on [B, L, C]": ((2, 9, 300), (300,), 0),
+    "(2, 1) on runs of 600": ((3, 2, 600), (2, 1), 0),
+    "(40,) on [B, L, C], lanes": ((4, 70, 40), (40,), 0),
+    "(16, 1, 1) on 7x7 maps": ((3, 16, 7, 7), (16, 1, 1), 0),
+    "(4, 1) per group": ((2, 9, 4, 24), (4, 1), 0),
+    "(3, 20) per element": ((5, 3, 20), (3, 20), 0),
+    # Run tiles: runs of 1600 (16-byte loads), of 1089 (not a multiple of a vector: scalar), of
+    # 5000 (two segments of up to 4096), and misaligned.
+    "(3, 1, 1) on 40x40 maps, runs": ((2, 3, 40, 40), (3, 1, 1), 0),
+    "(3, 1, 1) on 33x33 maps, runs": ((2, 3, 33, 33), (3, 1, 1), 0),
+    "(2, 1) on runs of 5000": ((2, 2, 5000), (2, 1), 0),
+    "(3, 1, 1) runs, misaligned": ((2, 3, 40, 40), (3, 1, 1), 1),
+}
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return emulated_build.load(ROOT / "build" / "emulated_cuda")
+
+
+def run(kernels, op, x, cs, g):
+    """[y, dx, each coefficient's gradient] from the emulated CUDA kernels."""
+    y = kernels.forward(op, x, cs, False)
+    v = y if op in SAVES_RESULT else x
+    return [y, *kernels.backward(op, g, v, cs, [True] * (len(cs) + 1))]
+
+
+def check(got, op, x, cs, g):
+    """got ([y, dx, gradients]) against the float64 reference: y and dx within gpu_cases'
+    tolerances, each gradient within its summation bound and one rounding to its dtype."""
+    y, dx, grads = gpu_cases.reference(op, x, cs, g)
+    atol, rtol = gpu_cases.TOLERANCES[x.dtype]
+    for name, a, b in [("y", got[0], y), ("dx", got[1], dx)]:
+        assert a.dtype == x.dtype and a.shape == x.shape, name
+        problem = gpu_cases.mismatch(a, b, atol, rtol)
+        assert problem is None, f"{op} {name}: {problem}"
+    assert len(got) == 2 + len(grads)
+    for i, (a, c, (b, bound)) in enumerate(zip(got[2:], cs, grads, strict=True)):
+        assert a.dtype == c.dtype and a.shape == c.shape, f"grad {i}"
+        problem = gpu_cases.mismatch(a, b, 0.0, torch.finfo(a.dtype).eps, bound)
+        assert problem is None, f"{op} grad {i}: {problem}"
+
+
+def inputs(op, layout, dtype, seed=0):
+    shape, coef_shape, offset = LAYOUTS[layout]
+    _, x = gpu_cases.randn(shape, dtype, "cpu", seed, offset)
+    _, g = gpu_cases.randn(shape, dtype, "cpu", seed + 1, offset)
+    cs = [c for _, c in [gpu_cases.randn(coef_shape, dtype, "cpu", seed + 2 + k)
+                         for k in range(OPS[op])]]
+    return x, cs, g
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("op", COEF_OPS)
+def test_coefficient_layouts(kernels, op, layout):
+    x, cs, g = inputs(op, layout, torch.float32)
+    got = run(kernels, op, x, cs, g)
+    check(got, op, x, cs, g)
+    again = run(kernels, op, x, cs, g)
+    for a, b in zip(got, again, strict=True):
+        assert torch.equal(a, b), "not the same bits on a second run"
+
+
+@pytest.mark.parametrize("layout", ["one-element, misaligned", "(40,) on [B, L, C], lanes",
+                                    "(3, 1, 1) on 33x33 maps, runs"])
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
+@pytest.mark.parametrize("op", COEF_OPS)
+def test_dtypes(kernels, op, dtype, layout):
+    x, cs, g = inputs(op, layout, dtype)
+    check(run(kernels, op, x, cs, g), op, x, cs, g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", [op for op in OPS if op not in COEF_OPS])
+def test_ops_without_coefficients(kernels, op, dtype):
+    x, cs, g = inputs(op, "one-element", dtype)
+    check(run(kernels, op, x, cs, g), op, x, cs, g)
+
+
+@pytest.mark.parametrize("layout", ["one-element", "(300,) on [B, L, C]",
+                                    "(3, 1, 1) on 40x40 maps, runs"])
+@pytest.mark.parametrize("op", COEF_OPS)
+def test_in_place_strided_and_expanded(kernels, op, layout):
+    """In place (x is the result's memory), x transposed (copied to the result's layout first),
+    the gradient expanded from one element (read with stride 0): each as the plain call."""
+    x, cs, g = inputs(op, layout, torch.float32)
+    y = kernels.forward(op, x, cs, False)
+    inplace = x.clone()
+    assert kernels.forward(op, inplace, cs, True).data_ptr() == inplace.data_ptr()
+    assert torch.equal(inplace, y)
+    if x.dim() > 1 and cs[0].dim() <= 1:
+        xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+        assert torch.equal(kernels.forward(op, xt, cs, False), y)
+    g1 = torch.tensor(0.75).expand(x.shape)
+    got = [y, *kernels.backward(op, g1, x, cs, [True] * (len(cs) + 1))]
+    check(got, op, x, cs, g1)
+
+
+@pytest.mark.parametrize("op", COEF_OPS)
+def test_output_mask(kernels, op):
+    """Results not wanted are zeros; the wanted ones as when all are."""
+    x, cs, g = inputs(op, "(300,) on [B, L, C]", torch.float32)
+    full = kernels.backward(op, g, x, cs, [True] * (len(cs) + 1))
+    wanted = [False] + [i % 2 == 0 for i in range(len(cs))]
+    part = kernels.backward(op, g, x, cs, wanted)
+    for w, a, b in zip(wanted, part, full, strict=True):
+        assert torch.equal(a, b) if w else not a.any()
+
+
+@pytest.mark.parametrize("shape, coef_shape", [((1 << 16,), ()), ((4096, 64), (64,)),
+                                               ((64, 2, 2048), (2, 1)), ((512, 8, 37), (8, 1))],
+                         ids=["one-element", "column tiles, lanes", "runs", "short runs"])
+@pytest.mark.parametrize("op", COEF_OPS)
+def test_sums_as_accurate_as_torch_sum(kernels, op, shape, coef_shape):
+    """As tests/test_ops.py's test_coefficient_gradients_as_accurate_as_torch_sum, for the CUDA
+    kernels' order of sums: against math.fsum of the very terms (the float32 terms of a
+    per-element coefficient), the mean error relative to the terms' magnitudes is no larger than
+    torch.sum's (the CPU's: the emulation has no CUDA torch.sum) of the same terms."""
+    x = gpu_cases.randn(shape, torch.float32, "cpu", 11)[1]
+    g = gpu_cases.randn(shape, torch.float32, "cpu", 12)[1]
+    cs = [gpu_cases.randn(coef_shape, torch.float32, "cpu", 13 + k)[1] for k in range(OPS[op])]
+    ours = kernels.backward(op, g, x, cs, [True] * (len(cs) + 1))[1:]
+    # The terms from the CPU kernels (the same float32 products: neither contracts to FMAs here);
+    # per element on the emulated GPU, a block per slot would take minutes.
+    per_element = [c.expand(shape).contiguous() for c in cs]
+    terms = gpu_cases.backward_operator(op)(g, x, *per_element)[1:]
+    err_ours, err_torch = [], []
+    for got, t in zip(ours, terms, strict=True):
+        columns = t.reshape(-1, 1) if t.dim() == 1 else t.transpose(1, -1).reshape(-1, t.shape[1])
+        exact = torch.tensor([math.fsum(col) for col in columns.double().t().tolist()])
+        magnitude = columns.double().abs().sum(dim=0)
+        err_ours.append((got.reshape(-1).double() - exact).abs() / magnitude)
+        err_torch.append((columns.sum(dim=0).double() - exact).abs() / magnitude)
+    ours_mean, torch_mean = torch.cat(err_ours).mean(), torch.cat(err_torch).mean()
+    assert ours_mean <= torch_mean, (ours_mean.item(), torch_mean.item())

@@ -1,10 +1,11 @@
 // The CUDA kernels of every op, over what layout.h prepared, mirroring cpu/loops.h:
 //
-//   one-element coefficients (C == 1, and the ops without coefficients): grid-stride kernels over
-//   the flat index, 16-byte loads when every pointer is aligned (two per input per thread before
-//   computing; the unaligned path unrolls as many scalar loads), the grid from the occupancy of
-//   the kernel launched (one full wave); the backward writes dx and one partial sum per block and
-//   coefficient, added by one block in a fixed order.
+//   one-element coefficients (C == 1, and the ops without coefficients): grid-stride kernels
+//   over the flat index, 16-byte loads when every pointer is aligned (two per input per thread
+//   before computing; the unaligned path unrolls four scalar loads: kUnroll), the grid from the
+//   occupancy of the kernel launched (one full wave); the backward writes dx and one partial sum
+//   per block and coefficient, added by one block in a fixed order.
+//
 //   per-slot coefficients (C > 1): a block per tile of layout.h's Tiling (runs, or columns of
 //   whole slots), each writing its partial sums; one kernel adds each slot's partials in a fixed
 //   order, another writes each coefficient's gradient in its dtype.

@@ -4,6 +4,7 @@ CUDA cases run wherever a GPU is visible and torchext was built with CUDA kernel
 with the reason where not.
 """
 
+import math
 import platform
 
 import pytest
@@ -129,6 +130,22 @@ def assert_close(actual, expected, dtype, scale=1.0):
         actual.double().cpu(), expected.double().cpu(), atol=atol * scale, rtol=rtol * scale,
         equal_nan=True,
     )
+
+
+def sum_errors(sums, terms):
+    """(ours, torch's): the mean error of the gradients ``sums``, and of torch.sum of the same
+    terms, against the exact sums (math.fsum) of ``terms`` (each gradient's terms: the gradient of
+    a coefficient of x's own shape), relative to the terms' magnitudes (the measure summation
+    error bounds use). One sum per column: per channel, dim 1 of [N, C, P]."""
+    err_ours, err_torch = [], []
+    for got, t in zip(sums, terms, strict=True):
+        columns = t.reshape(-1, 1) if t.dim() == 1 else t.transpose(1, -1).reshape(-1, t.shape[1])
+        terms64 = columns.double().cpu()
+        exact = torch.tensor([math.fsum(col) for col in terms64.t().tolist()])
+        magnitude = terms64.abs().sum(dim=0)
+        err_ours.append((got.reshape(-1).double().cpu() - exact).abs() / magnitude)
+        err_torch.append((columns.sum(dim=0).double().cpu() - exact).abs() / magnitude)
+    return torch.cat(err_ours).mean().item(), torch.cat(err_torch).mean().item()
 
 
 def bits(t):

@@ -12,7 +12,6 @@ benchmarks/gpu_validate.sh. Slow: the module builds on first use (about half a m
 build/emulated_cuda."""
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_cases  # noqa: E402
+from conftest import sum_errors  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("emulated_cuda_build",
                                                ROOT / "tests" / "emulated_cuda" / "build.py")
@@ -164,7 +164,8 @@ def test_sums_as_accurate_as_torch_sum(kernels, op, shape, coef_shape):
     """As tests/test_ops.py's test_coefficient_gradients_as_accurate_as_torch_sum, for the CUDA
     kernels' order of sums: against math.fsum of the very terms (the float32 terms of a
     per-element coefficient), the mean error relative to the terms' magnitudes is no larger than
-    torch.sum's (the CPU's: the emulation has no CUDA torch.sum) of the same terms."""
+    torch.sum's (the CPU's: the emulation has no CUDA torch.sum) of the same terms
+    (conftest.sum_errors)."""
     x = gpu_cases.randn(shape, torch.float32, "cpu", 11)[1]
     g = gpu_cases.randn(shape, torch.float32, "cpu", 12)[1]
     cs = [gpu_cases.randn(coef_shape, torch.float32, "cpu", 13 + k)[1] for k in range(OPS[op])]
@@ -173,12 +174,5 @@ def test_sums_as_accurate_as_torch_sum(kernels, op, shape, coef_shape):
     # per element on the emulated GPU, a block per slot would take minutes.
     per_element = [c.expand(shape).contiguous() for c in cs]
     terms = gpu_cases.backward_operator(op)(g, x, *per_element)[1:]
-    err_ours, err_torch = [], []
-    for got, t in zip(ours, terms, strict=True):
-        columns = t.reshape(-1, 1) if t.dim() == 1 else t.transpose(1, -1).reshape(-1, t.shape[1])
-        exact = torch.tensor([math.fsum(col) for col in columns.double().t().tolist()])
-        magnitude = columns.double().abs().sum(dim=0)
-        err_ours.append((got.reshape(-1).double() - exact).abs() / magnitude)
-        err_torch.append((columns.sum(dim=0).double() - exact).abs() / magnitude)
-    ours_mean, torch_mean = torch.cat(err_ours).mean(), torch.cat(err_torch).mean()
-    assert ours_mean <= torch_mean, (ours_mean.item(), torch_mean.item())
+    ours_mean, torch_mean = sum_errors(ours, terms)
+    assert ours_mean <= torch_mean, (ours_mean, torch_mean)

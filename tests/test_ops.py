@@ -21,6 +21,7 @@ from conftest import (
     function_class,
     operator,
     randn,
+    sum_errors,
 )
 from torch.autograd import gradcheck, gradgradcheck
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -423,9 +424,8 @@ def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, device, shape, 
     Against the exact sums (math.fsum) of the very terms the kernel adds (it returns them as the
     gradient of a coefficient of x's own shape), its error relative to the sum of the terms'
     magnitudes (the measure summation error bounds use), averaged over every sum, is no larger
-    than torch.sum's of the same terms on the same device. (The CUDA kernels add plainly, in a
-    fixed order of thread, block and tile sums, where the CPU's compensate; this holds them to
-    the same bar.)"""
+    than torch.sum's of the same terms on the same device (conftest.sum_errors). On CUDA it
+    checks the kernels' compensated thread chains and block trees against CUDA's torch.sum."""
     x = randn(*shape, device=device, seed=11)
     g = randn(*shape, device=device, seed=12)
     cs = coefs(coef_op, torch.float32, device, coef_shape, seed=13)
@@ -433,17 +433,8 @@ def test_coefficient_gradients_as_accurate_as_torch_sum(coef_op, device, shape, 
     # The same coefficient values, one per element: the gradient is then the terms themselves.
     per_element = [c.detach().expand(shape).contiguous().requires_grad_() for c in cs]
     terms = torch.autograd.grad(coef_op_call(coef_op, x, per_element), per_element, g)
-    err_ours, err_torch = [], []
-    for got, t in zip(ours, terms, strict=True):
-        # One sum per column (per channel: dim 1 of [N, C, P]).
-        columns = t.reshape(-1, 1) if t.dim() == 1 else t.transpose(1, -1).reshape(-1, t.shape[1])
-        terms64 = columns.double().cpu()
-        exact = torch.tensor([math.fsum(col) for col in terms64.t().tolist()])
-        magnitude = terms64.abs().sum(dim=0)
-        err_ours.append((got.reshape(-1).double().cpu() - exact).abs() / magnitude)
-        err_torch.append((columns.sum(dim=0).double().cpu() - exact).abs() / magnitude)
-    ours_mean, torch_mean = torch.cat(err_ours).mean(), torch.cat(err_torch).mean()
-    assert ours_mean <= torch_mean, (ours_mean.item(), torch_mean.item())
+    ours_mean, torch_mean = sum_errors(ours, terms)
+    assert ours_mean <= torch_mean, (ours_mean, torch_mean)
 
 
 @pytest.mark.parametrize("case", ["one-element (1,)", "per channel [B, L, C]",

@@ -69,7 +69,7 @@ constexpr const char* kSavedName = kSavesResult<Op> ? "result" : "x";
 //
 // output_mask says which results are wanted (all when absent), as torch's own backward operators
 // take one (convolution_backward): a result not wanted comes back as zeros (expanded from one
-// element: no memory), and need not be computed (the CPU kernels skip it; the CUDA ones, not yet).
+// element: no memory), and is not computed (neither the CPU nor the CUDA kernels write or sum it).
 // Autograd passes which inputs need a gradient, so that with x not requiring one (the tutorial's)
 // no dx is written, and with coefficients that do not (numbers, or frozen) no sums are taken.
 

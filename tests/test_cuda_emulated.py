@@ -145,15 +145,21 @@ def test_in_place_strided_and_expanded(kernels, op, layout):
     check(got, op, x, cs, g1)
 
 
+@pytest.mark.parametrize("layout", ["one-element", "(300,) on [B, L, C]",
+                                    "(3, 1, 1) on 40x40 maps, runs"])
 @pytest.mark.parametrize("op", COEF_OPS)
-def test_output_mask(kernels, op):
-    """Results not wanted are zeros; the wanted ones as when all are."""
-    x, cs, g = inputs(op, "(300,) on [B, L, C]", torch.float32)
+def test_output_mask(kernels, op, layout):
+    """Each output_mask: the results not wanted are zeros (the kernels skip them: no dx written,
+    no sums taken), the wanted ones the same bits as when all are."""
+    x, cs, g = inputs(op, layout, torch.float32)
     full = kernels.backward(op, g, x, cs, [True] * (len(cs) + 1))
-    wanted = [False] + [i % 2 == 0 for i in range(len(cs))]
-    part = kernels.backward(op, g, x, cs, wanted)
-    for w, a, b in zip(wanted, part, full, strict=True):
-        assert torch.equal(a, b) if w else not a.any()
+    masks = [[False] * (len(cs) + 1), [True] + [False] * len(cs), [False] + [True] * len(cs),
+             [False] + [i % 2 == 0 for i in range(len(cs))]]
+    for wanted in masks:
+        part = kernels.backward(op, g, x, cs, wanted)
+        for w, a, b in zip(wanted, part, full, strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert torch.equal(a, b) if w else not a.any(), wanted
 
 
 @pytest.mark.parametrize("shape, coef_shape", [((1 << 16,), ()), ((4096, 64), (64,)),

@@ -259,8 +259,8 @@ __device__ inline scalar_t backward_one(scalar_t g, scalar_t v, const T* k, Thre
   return static_cast<scalar_t>(dx);
 }
 
-// dx over the flat index; with coefficients, one partial sum per block and coefficient at
-// partial[block * N + j].
+// dx over the flat index (none where dx is null: not wanted); with coefficients, one partial sum
+// per block and coefficient at partial[block * N + j] (none where partial is null).
 template <class Op, int V, typename scalar_t, typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     map2_kernel(const scalar_t* __restrict__ g, int64_t sg, const scalar_t* __restrict__ v,
@@ -297,13 +297,16 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int e = 0; e < V; ++e)
           out.v[e] = backward_one<Op, T, N>(gin[u].v[e], vin[u].v[e], k, s);
-        reinterpret_cast<P*>(dx)[i] = out;
+        if (dx) reinterpret_cast<P*>(dx)[i] = out;
       }
     }
   }
-  for (int64_t i = items * V + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
-    dx[i] = backward_one<Op, T, N>(g[i * sg], v[i * sv], k, s);
+  for (int64_t i = items * V + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const scalar_t d = backward_one<Op, T, N>(g[i * sg], v[i * sv], k, s);
+    if (dx) dx[i] = d;
+  }
   if constexpr (N > 0) {
+    if (!partial) return;  // the same for every thread of the block: block_sum's barriers hold
     block_sum(s);
     if (threadIdx.x == 0)
       for (int j = 0; j < N; ++j) partial[blockIdx.x * N + j] = s.total(j);
@@ -387,10 +390,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int u = 0; u < V; ++u) res.v[u] = static_cast<scalar_t>(Op::forward(T(xin.v[u]), k));
       }
-      *reinterpret_cast<P*>(out + e) = res;
+      if (!kBackward || out) *reinterpret_cast<P*>(out + e) = res;
     }
   }
   if constexpr (kBackward && N > 0) {
+    if (!partial) return;  // the same for every thread of the block: block_sum's barriers hold
     block_sum(sums);
     if (threadIdx.x == 0)
       for (int j = 0; j < N; ++j) partial[t * N + j] = sums.total(j);
@@ -433,7 +437,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t r = r0 + lane; r < r1; r += lanes) {
         const int64_t e = r * a.W + c0 * a.P + q;
         if constexpr (kBackward) {
-          out[e] = backward_one<Op, T, N>(g[e * sg], x[e * sx], k, sums[m]);
+          const scalar_t d = backward_one<Op, T, N>(g[e * sg], x[e * sx], k, sums[m]);
+          if (out) out[e] = d;
         } else {
           out[e] = static_cast<scalar_t>(Op::forward(T(x[e * sx]), k));
         }
@@ -441,6 +446,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if constexpr (kBackward && N > 0) {
+    if (!partial) return;  // the same for every thread of the block: the barrier below holds
     // Each thread's column sums into shared memory, at its (lane, column) place.
     for (int m = 0; m < kColsPerThread; ++m) {
       const int64_t q = col + int64_t{m} * kThreads;
@@ -629,15 +635,17 @@ struct Kernels {
     });
   }
 
-  // Every result is computed (prepared as all wanted); those not wanted are then made zeros by
-  // finish_backward. Skipping their work, as the CPU kernels do, waits for a GPU to test it on.
+  // The results not wanted (output_mask) are not computed, as on the CPU: without dx the kernels
+  // write none (dx null), without any coefficient's gradient they take no sums (partial null) and
+  // the sums' kernels do not run; finish_backward makes them zeros.
   static std::array<at::Tensor, N + 1> backward(const at::Tensor& grad, const at::Tensor& v,
                                                 const Coefs& coefs,
                                                 const std::array<bool, N + 1>& wanted) {
-    Call call = prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
-                                 {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>);
+    Call call =
+        prepare_backward(OpName<Op>::kQualified, grad, v, kSavedName<Op>,
+                         {coefs.data(), Op::kCoefs.data(), N}, kBackwardReads<Op>, wanted.data());
     const c10::cuda::CUDAGuard guard(v.device());
-    if (call.numel > 0) {
+    if (call.numel > 0 && (call.wants_dx() || call.wants_sums())) {
       const int device = v.get_device();
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "torchext", [&] {
@@ -646,7 +654,7 @@ struct Kernels {
         int64_t sv, sg;
         const scalar_t* vp = readable<scalar_t>(call.x, v, call.out, &v_copy, &sv);
         const scalar_t* gp = readable<scalar_t>(call.g, grad, call.out, &g_copy, &sg);
-        scalar_t* dx = call.out.mutable_data_ptr<scalar_t>();
+        scalar_t* dx = call.wants_dx() ? call.out.mutable_data_ptr<scalar_t>() : nullptr;
         if (call.slots.C == 1) {
           flat_backward<scalar_t, T>(call, gp, sg, vp, sv, dx, device, stream);
         } else if constexpr (N > 0) {
@@ -654,7 +662,6 @@ struct Kernels {
         }
       });
     }
-    for (int i = 0; i <= N; ++i) call.unwanted[i] = !wanted[i];
     finish_backward(call);
     std::array<at::Tensor, N + 1> out;
     out[0] = call.out;
@@ -675,7 +682,7 @@ struct Kernels {
     // The partials come from PyTorch's caching allocator: no cudaMalloc, no sync.
     at::Tensor partial;
     T* p = nullptr;
-    if constexpr (N > 0) {
+    if (N > 0 && call.wants_sums()) {
       partial =
           at::empty({blocks * N}, call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
       p = partial.mutable_data_ptr<T>();
@@ -684,6 +691,7 @@ struct Kernels {
                                                                         coef_args<N>(call), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if constexpr (N > 0) {
+      if (!p) return;
       finish_flat_kernel<T, N><<<1, kThreads, 0, stream>>>(p, blocks, grad_args<N>(call));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -694,6 +702,11 @@ struct Kernels {
                              int64_t sv, scalar_t* dx, int device, cudaStream_t stream) {
     const at::Tensor table = table_of<T>(call, device, stream);
     const Tiling tl = make_tiling(call.numel, call.slots, kTileSizes);
+    if (!call.wants_sums()) {
+      launch_tiles<true>(tl, call.slots, g, sg, v, sv, dx, table.const_data_ptr<T>(),
+                         static_cast<T*>(nullptr), stream);
+      return;
+    }
     const auto options = call.out.options().dtype(c10::CppTypeToScalarType<T>::value);
     const at::Tensor partial = at::empty({tl.partials * N}, options);
     const at::Tensor slot_sums = at::empty({N * call.slots.C}, options);

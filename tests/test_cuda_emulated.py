@@ -110,12 +110,24 @@ def test_coefficient_layouts(kernels, op, layout):
         assert torch.equal(a, b), "not the same bits on a second run"
 
 
-@pytest.mark.parametrize("layout", ["one-element, misaligned", "(40,) on [B, L, C], lanes",
-                                    "(3, 1, 1) on 33x33 maps, runs"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
 @pytest.mark.parametrize("op", COEF_OPS)
 def test_dtypes(kernels, op, dtype, layout):
+    """float64 and the 16-bit types (computed in float32; 16-byte loads of 2 and 8 elements)."""
     x, cs, g = inputs(op, layout, dtype)
+    check(run(kernels, op, x, cs, g), op, x, cs, g)
+
+
+@pytest.mark.parametrize("x_dtype, coef_dtype", [(torch.bfloat16, torch.float32),
+                                                 (torch.float32, torch.float64),
+                                                 (torch.float64, torch.float16)], ids=str)
+@pytest.mark.parametrize("layout", ["one-element", "(300,) on [B, L, C]", "(4, 1) per group"])
+@pytest.mark.parametrize("op", COEF_OPS)
+def test_coefficients_in_another_dtype(kernels, op, layout, x_dtype, coef_dtype):
+    """Coefficients read in their dtype, their gradients written in it."""
+    x, cs, g = inputs(op, layout, x_dtype)
+    cs = [c.to(coef_dtype) for c in cs]
     check(run(kernels, op, x, cs, g), op, x, cs, g)
 
 

@@ -49,6 +49,9 @@ LAYOUTS = {
     "(300,) on [B, L, C]": ((2, 9, 300), (300,), 0),
     "(2, 1) on runs of 600": ((3, 2, 600), (2, 1), 0),
     "(40,) on [B, L, C], lanes": ((4, 70, 40), (40,), 0),
+    # 38 row tiles: more partials a slot than kFewPartials, so a block adds each slot's (with
+    # fewer, as in the other layouts, a thread does).
+    "(40,) on [B, L, C], 38 row tiles": ((4, 2400, 40), (40,), 0),
     "(16, 1, 1) on 7x7 maps": ((3, 16, 7, 7), (16, 1, 1), 0),
     "(4, 1) per group": ((2, 9, 4, 24), (4, 1), 0),
     "(3, 20) per element": ((5, 3, 20), (3, 20), 0),
@@ -175,8 +178,10 @@ def test_output_mask(kernels, op, layout):
 
 
 @pytest.mark.parametrize("shape, coef_shape", [((1 << 16,), ()), ((4096, 64), (64,)),
-                                               ((64, 2, 2048), (2, 1)), ((512, 8, 37), (8, 1))],
-                         ids=["one-element", "column tiles, lanes", "runs", "short runs"])
+                                               ((16384, 64), (64,)), ((64, 2, 2048), (2, 1)),
+                                               ((512, 8, 37), (8, 1))],
+                         ids=["one-element", "column tiles, lanes", "64 row tiles", "runs",
+                              "short runs"])
 @pytest.mark.parametrize("op", COEF_OPS)
 def test_sums_as_accurate_as_torch_sum(kernels, op, shape, coef_shape):
     """As tests/test_ops.py's test_coefficient_gradients_as_accurate_as_torch_sum, for the CUDA

@@ -8,7 +8,8 @@
 //
 //   per-slot coefficients (C > 1): a block per tile of layout.h's Tiling (runs, or columns of
 //   whole slots), each writing its partial sums; one kernel adds each slot's partials in a fixed
-//   order, another writes each coefficient's gradient in its dtype.
+//   order (a block per slot, or a thread per slot where each has few) and writes the per-slot
+//   gradients in their dtypes; another adds a one-element coefficient's over the slots.
 //
 // Each thread adds its chain of terms compensated (ThreadSums: math.h's kahan_add, as the CPU
 // does), and a block merges its threads' sums and compensations up a tree of shuffles.
@@ -468,45 +469,77 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Each slot's sum over its tiles' partials, in a fixed order: slot_sums[j * C + c].
+// A slot's partials, in their fixed order, from the first-th on, every step-th, added to sums.
 template <typename T, int N>
-__global__ void __launch_bounds__(kThreads)
-    finish_slots_kernel(TileArgs a, bool runs, int64_t row_tiles, const T* __restrict__ partial,
-                        T* __restrict__ slot_sums) {
-  for (int64_t c = blockIdx.x; c < a.C; c += gridDim.x) {
-    ThreadSums<T, N> sums;
-    if (runs) {
-      const int64_t per_slot = row_tiles * a.segs;
-      for (int64_t i = threadIdx.x; i < per_slot; i += blockDim.x) {
-        const int64_t rt = i / a.segs, seg = i % a.segs;
-        for (int j = 0; j < N; ++j) sums.add(j, partial[((rt * a.C + c) * a.segs + seg) * N + j]);
-      }
-    } else {
-      for (int64_t rt = threadIdx.x; rt < row_tiles; rt += blockDim.x)
-        for (int j = 0; j < N; ++j) sums.add(j, partial[(rt * N + j) * a.C + c]);
+__device__ void add_partials(const TileArgs& a, bool runs, int64_t row_tiles,
+                             const T* __restrict__ partial, int64_t c, int64_t first, int64_t step,
+                             ThreadSums<T, N>& sums) {
+  if (runs) {
+    for (int64_t i = first; i < row_tiles * a.segs; i += step) {
+      const int64_t rt = i / a.segs, seg = i % a.segs;
+      for (int j = 0; j < N; ++j) sums.add(j, partial[((rt * a.C + c) * a.segs + seg) * N + j]);
     }
-    block_sum(sums);
-    if (threadIdx.x == 0)
-      for (int j = 0; j < N; ++j) slot_sums[j * a.C + c] = sums.total(j);
+  } else {
+    for (int64_t rt = first; rt < row_tiles; rt += step)
+      for (int j = 0; j < N; ++j) sums.add(j, partial[(rt * N + j) * a.C + c]);
   }
 }
 
-// Each coefficient's gradient: its slots' sums, or (one element) their sum.
+// Slot c's total of coefficient j: its gradient's value c where that has one per slot (in its
+// dtype), else slot_sums[j * C + c], for finish_coefs_kernel to add over the slots.
+template <typename T, int N>
+__device__ void put_slot(const GradArgs<N>& out, T* __restrict__ slot_sums, int64_t C, int64_t c,
+                         int j, T v) {
+  if (out.per_slot[j]) {
+    math::store(static_cast<char*>(out.ptr[j]) + c * math::dtype_size(out.dtype[j]), out.dtype[j],
+                v);
+  } else {
+    slot_sums[j * C + c] = v;
+  }
+}
+
+// Each slot's sums over its tiles' partials, a block per slot (many partials each: the rows'
+// tiles of a long x).
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    finish_slots_kernel(TileArgs a, bool runs, int64_t row_tiles, const T* __restrict__ partial,
+                        T* __restrict__ slot_sums, GradArgs<N> out) {
+  for (int64_t c = blockIdx.x; c < a.C; c += gridDim.x) {
+    ThreadSums<T, N> sums;
+    add_partials(a, runs, row_tiles, partial, c, threadIdx.x, blockDim.x, sums);
+    block_sum(sums);
+    if (threadIdx.x == 0)
+      for (int j = 0; j < N; ++j) put_slot(out, slot_sums, a.C, c, j, sums.total(j));
+  }
+}
+
+// The same, a thread per slot: for slots of few partials (kFewPartials; a coefficient per
+// position or per element has one or two), where a block per slot would leave all but a few of
+// its threads idle, and pay its tree's barriers for each of C slots.
+constexpr int64_t kFewPartials = 32;
+
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    finish_slot_threads_kernel(TileArgs a, bool runs, int64_t row_tiles,
+                               const T* __restrict__ partial, T* __restrict__ slot_sums,
+                               GradArgs<N> out) {
+  for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < a.C;
+       c += int64_t{gridDim.x} * blockDim.x) {
+    ThreadSums<T, N> sums;
+    add_partials(a, runs, row_tiles, partial, c, 0, 1, sums);
+    for (int j = 0; j < N; ++j) put_slot(out, slot_sums, a.C, c, j, sums.total(j));
+  }
+}
+
+// The gradients of the one-element coefficients (of a call whose others are per slot): the sum
+// of their slots' sums.
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     finish_coefs_kernel(int64_t C, const T* __restrict__ slot_sums, GradArgs<N> out) {
   ThreadSums<T, N> sums;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    for (int j = 0; j < N; ++j) {
-      const T v = slot_sums[j * C + c];
-      if (out.per_slot[j]) {
-        math::store(static_cast<char*>(out.ptr[j]) + c * math::dtype_size(out.dtype[j]),
-                    out.dtype[j], v);
-      } else {
-        sums.add(j, v);
-      }
-    }
-  }
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    for (int j = 0; j < N; ++j)
+      if (!out.per_slot[j]) sums.add(j, slot_sums[j * C + c]);
   block_sum(sums);
   if (threadIdx.x == 0)
     for (int j = 0; j < N; ++j)
@@ -713,12 +746,21 @@ struct Kernels {
     launch_tiles<true>(tl, call.slots, g, sg, v, sv, dx, table.const_data_ptr<T>(),
                        partial.mutable_data_ptr<T>(), stream);
     const TileArgs a = tile_args(call.slots, tl);
-    const int64_t grid = std::min<int64_t>(call.slots.C, 65535);
-    finish_slots_kernel<T, N><<<grid, kThreads, 0, stream>>>(
-        a, tl.runs, tl.row_tiles, partial.const_data_ptr<T>(), slot_sums.mutable_data_ptr<T>());
+    const GradArgs<N> out = grad_args<N>(call);
+    const int64_t C = call.slots.C;
+    if (tl.row_tiles * (tl.runs ? tl.segs : 1) <= kFewPartials) {
+      constexpr auto kernel = finish_slot_threads_kernel<T, N>;
+      kernel<<<grid_for<kernel>(C, device), kThreads, 0, stream>>>(
+          a, tl.runs, tl.row_tiles, partial.const_data_ptr<T>(), slot_sums.mutable_data_ptr<T>(),
+          out);
+    } else {
+      finish_slots_kernel<T, N><<<std::min<int64_t>(C, 65535), kThreads, 0, stream>>>(
+          a, tl.runs, tl.row_tiles, partial.const_data_ptr<T>(), slot_sums.mutable_data_ptr<T>(),
+          out);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    finish_coefs_kernel<T, N><<<1, kThreads, 0, stream>>>(
-        call.slots.C, slot_sums.const_data_ptr<T>(), grad_args<N>(call));
+    if (std::all_of(call.grad_per_slot, call.grad_per_slot + N, [](bool b) { return b; })) return;
+    finish_coefs_kernel<T, N><<<1, kThreads, 0, stream>>>(C, slot_sums.const_data_ptr<T>(), out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

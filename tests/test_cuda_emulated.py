@@ -141,6 +141,19 @@ def test_ops_without_coefficients(kernels, op, dtype):
     check(run(kernels, op, x, cs, g), op, x, cs, g)
 
 
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("op", list(OPS))
+def test_every_tail(kernels, op, dtype, offset):
+    """The flat kernels' tails: every n below two 16-byte loads a thread (16 elements of 16 bits),
+    after none and after whole vectors, aligned and not; 0-dim and empty x."""
+    for shape in [*[(n,) for n in [*range(1, 18), *range(1024, 1024 + 17)]], (), (0, 3)]:
+        _, x = gpu_cases.randn(shape, dtype, "cpu", 0, offset)
+        _, g = gpu_cases.randn(shape, dtype, "cpu", 1, offset)
+        cs = [gpu_cases.randn((), dtype, "cpu", 2 + k)[1] for k in range(OPS[op])]
+        check(run(kernels, op, x, cs, g), op, x, cs, g)
+
+
 @pytest.mark.parametrize("layout", ["one-element", "(300,) on [B, L, C]",
                                     "(3, 1, 1) on 40x40 maps, runs"])
 @pytest.mark.parametrize("op", COEF_OPS)

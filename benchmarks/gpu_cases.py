@@ -76,17 +76,6 @@ def backward_operator(op: str):
     return getattr(torch.ops.torchext, f"{op}_backward").default
 
 
-def unsupported(op: str, x_shape, coef_shape) -> str | None:
-    """Why ``op`` refuses coefficients shaped ``coef_shape`` on an x shaped ``x_shape`` (its
-    ValueError, probed on the CPU), or None where it takes them. Per-channel coefficients are
-    new: the cases that use them skip, saying why, until the op accepts them."""
-    try:
-        function(op)(torch.ones(x_shape), *[torch.ones(coef_shape)] * ops()[op])
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 def randn(shape, dtype, device, seed: int, offset: int = 0):
     """(host tensor, device tensor): the same seeded standard normals (never zeros: they hide
     unwritten outputs), drawn in float64 and rounded to ``dtype``. With ``offset``, each is a

@@ -77,11 +77,7 @@ def cases(wave_n: int, tensor_coefs_only: bool) -> tuple[list[Case], list[str]]:
             notes.append(f"{op} with number coefficients: skipped (--tensor-coefs-only)")
         else:
             out.append(Case(op, (4099,), coef_shape=None))
-        for name, (x_shape, coef_shape) in gpu_cases.PER_CHANNEL.items():
-            why = gpu_cases.unsupported(op, x_shape, coef_shape)
-            if why:
-                notes.append(f"{op} {name}: skipped, not supported yet ({why})")
-                continue
+        for x_shape, coef_shape in gpu_cases.PER_CHANNEL.values():
             big = (-(-wave_n // math.prod(x_shape[1:])), *x_shape[1:])
             out += [Case(op, x_shape, coef_shape=coef_shape),
                     Case(op, x_shape, torch.bfloat16, offset=1, coef_shape=coef_shape),

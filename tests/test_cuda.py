@@ -1,8 +1,8 @@
-"""The CUDA paths the shared checks (_checks.py) do not reach, each result compared with the CPU
+"""The CUDA paths the shared checks (test_ops.py) do not reach, each result compared with the CPU
 kernels on the same inputs: misaligned inputs (the scalar path: every other CUDA test input is
 16-byte aligned), sizes beyond one full wave of blocks (more than one grid-stride iteration),
 0-dim, every tail shorter than a vector, a side stream, no host synchronization, a second GPU,
-and per-channel coefficients (skipped, saying why, until the op takes them).
+and per-channel and per-group coefficients.
 
 The ops come from benchmarks/gpu_cases.py, which reads the op table. Skipped, with the reason,
 where CUDA is not usable. ``TORCHEXT_TEST_CUDA_DEVICE=cpu`` runs the tests that need no CUDA API
@@ -175,8 +175,6 @@ def test_second_gpu(op):
 @pytest.mark.parametrize("op", COEF_OPS)
 def test_per_channel_coefficients(op, layout, variant):
     x_shape, coef_shape = gpu_cases.PER_CHANNEL[layout]
-    if why := gpu_cases.unsupported(op, x_shape, coef_shape):
-        pytest.skip(f"{op} does not take {layout} coefficients yet: {why}")
     dtype, offset = (torch.bfloat16, 1) if variant == "misaligned bfloat16" else (torch.float32, 0)
     if variant == "beyond one wave":
         x_shape = (-(-WAVES[0] // math.prod(x_shape[1:])), *x_shape[1:])

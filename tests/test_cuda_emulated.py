@@ -1,10 +1,10 @@
 """The CUDA kernels' own code, run without a GPU: csrc/cuda/loops.cuh (its host driver, tilings,
-kernels and sums) built as host code whose CUDA threads are OS threads (tests/emulated_cuda:
-__syncthreads and the warp shuffles are barriers, a launch runs its blocks one at a time, unwritten
-dynamic shared memory reads as NaN). Each case goes through a path of the CUDA build (16-byte and
-scalar loads, grid-stride loops that go round, run tiles and column tiles, lanes of rows, every
-coefficient layout, in place, strided and expanded inputs, the output mask) and is checked
-against the float64 reference and its error bounds (benchmarks/gpu_cases.py, which
+kernels and sums) built as host code (tests/emulated_cuda: a block's CUDA threads are fibers
+that switch at __syncthreads and at the warp shuffles, a launch runs its blocks one at a time,
+unwritten dynamic shared memory reads as NaN). Each case goes through a path of the CUDA build
+(16-byte and scalar loads, grid-stride loops that go round, run tiles and column tiles, lanes of
+rows, every coefficient layout, in place, strided and expanded inputs, the output mask) and is
+checked against the float64 reference and its error bounds (benchmarks/gpu_cases.py, which
 gpu_validate.sh's cases use on a GPU), for determinism, and for the accuracy of the sums.
 
 What a GPU alone shows (timing, its memory model, FMA contraction, the sanitizers) waits for
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import torchext
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -32,8 +34,7 @@ pytestmark = pytest.mark.slow
 
 OPS = gpu_cases.ops()
 COEF_OPS = gpu_cases.coef_ops()
-SAVES_RESULT = {name for name, op in __import__("torchext").functional.OPS.items()
-                if op.saves == "result"}
+SAVES_RESULT = {name for name, op in torchext.functional.OPS.items() if op.saves == "result"}
 
 # name -> (x shape, coefficient shape, offset of x and g into their buffers), each a path of
 # loops.cuh (its kTileSizes: runs from 1024 elements, column tiles of at most 1024 columns and 256

@@ -1,4 +1,4 @@
-// Python bindings of csrc/cuda/loops.cuh's Kernels<Op>, emulated on CPU threads (shim.h): the
+// Python bindings of csrc/cuda/loops.cuh's Kernels<Op>, emulated on the CPU (shim.h): the
 // same host driver and kernels the CUDA build compiles, called with CPU tensors. build.py puts the
 // transformed loops.cuh above this file.
 #include <torch/extension.h>

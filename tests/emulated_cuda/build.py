@@ -1,4 +1,4 @@
-"""Builds csrc/cuda/loops.cuh's kernels as host code that runs them on CPU threads (shim.h), and
+"""Builds csrc/cuda/loops.cuh's kernels as host code that runs them on the CPU (shim.h), and
 loads it: ``load()`` returns a module with ``forward(op, x, coefs, inplace)`` and
 ``backward(op, grad, v, coefs, wanted)``, the CUDA build's own host driver (``Kernels<Op>``)
 over CPU tensors.

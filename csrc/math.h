@@ -213,7 +213,7 @@ C10_HOST_DEVICE inline int64_t dtype_size(Dtype t) {
 // ---- compensated sums -------------------------------------------------------------------------
 // A running sum and the rounding error it dropped, taken exactly by Knuth's TwoSum: the
 // coefficient gradients' sums, on the CPU (in its lanes and tiles) and on CUDA (in each thread's
-// chain, before the block's tree), so that they are at least as accurate as torch.sum of the same
+// chain and up each block's tree), so that they are at least as accurate as torch.sum of the same
 // terms. Only + and -: no FMA contraction can change it (nvcc contracts by default). Branch-free,
 // so the CPU's loops that keep many such sums vectorize (setup.py's -fno-trapping-math lets the
 // compiler turn the select below into a blend). A sum that has become infinite or NaN keeps no

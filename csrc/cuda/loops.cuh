@@ -735,32 +735,42 @@ struct Kernels {
                              int64_t sv, scalar_t* dx, int device, cudaStream_t stream) {
     const at::Tensor table = table_of<T>(call, device, stream);
     const Tiling tl = make_tiling(call.numel, call.slots, kTileSizes);
-    if (!call.wants_sums()) {
-      launch_tiles<true>(tl, call.slots, g, sg, v, sv, dx, table.const_data_ptr<T>(),
-                         static_cast<T*>(nullptr), stream);
-      return;
+    at::Tensor partial;
+    T* p = nullptr;
+    if (call.wants_sums()) {
+      partial = at::empty({tl.partials * N},
+                          call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
+      p = partial.mutable_data_ptr<T>();
     }
-    const auto options = call.out.options().dtype(c10::CppTypeToScalarType<T>::value);
-    const at::Tensor partial = at::empty({tl.partials * N}, options);
-    const at::Tensor slot_sums = at::empty({N * call.slots.C}, options);
-    launch_tiles<true>(tl, call.slots, g, sg, v, sv, dx, table.const_data_ptr<T>(),
-                       partial.mutable_data_ptr<T>(), stream);
+    launch_tiles<true>(tl, call.slots, g, sg, v, sv, dx, table.const_data_ptr<T>(), p, stream);
+    if (p) finish_tiles<T>(call, tl, p, device, stream);
+  }
+
+  // The coefficients' gradients from the tiles' partial sums: each slot's (a thread per slot
+  // where each has at most kFewPartials, else a block), then the one-element coefficients' sums
+  // over the slots, if any.
+  template <typename T>
+  static void finish_tiles(Call& call, const Tiling& tl, const T* partial, int device,
+                           cudaStream_t stream) {
     const TileArgs a = tile_args(call.slots, tl);
     const GradArgs<N> out = grad_args<N>(call);
     const int64_t C = call.slots.C;
+    const bool totals = !std::all_of(call.grad_per_slot, call.grad_per_slot + N,
+                                     [](bool per_slot) { return per_slot; });
+    const at::Tensor slot_sums = at::empty(
+        {totals ? N * C : 0}, call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
+    T* sums = slot_sums.mutable_data_ptr<T>();
     if (tl.row_tiles * (tl.runs ? tl.segs : 1) <= kFewPartials) {
       constexpr auto kernel = finish_slot_threads_kernel<T, N>;
-      kernel<<<grid_for<kernel>(C, device), kThreads, 0, stream>>>(
-          a, tl.runs, tl.row_tiles, partial.const_data_ptr<T>(), slot_sums.mutable_data_ptr<T>(),
-          out);
+      kernel<<<grid_for<kernel>(C, device), kThreads, 0, stream>>>(a, tl.runs, tl.row_tiles,
+                                                                   partial, sums, out);
     } else {
       finish_slots_kernel<T, N><<<std::min<int64_t>(C, 65535), kThreads, 0, stream>>>(
-          a, tl.runs, tl.row_tiles, partial.const_data_ptr<T>(), slot_sums.mutable_data_ptr<T>(),
-          out);
+          a, tl.runs, tl.row_tiles, partial, sums, out);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (std::all_of(call.grad_per_slot, call.grad_per_slot + N, [](bool b) { return b; })) return;
-    finish_coefs_kernel<T, N><<<1, kThreads, 0, stream>>>(C, slot_sums.const_data_ptr<T>(), out);
+    if (!totals) return;
+    finish_coefs_kernel<T, N><<<1, kThreads, 0, stream>>>(C, sums, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

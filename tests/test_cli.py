@@ -25,7 +25,11 @@ import torchext
 from torchext import demo, info
 from torchext.__main__ import COMMANDS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory that holds the torchext under test: this checkout, built in place, or the
+# site-packages a wheel went into (the sdist's tests run so in CI). The subprocesses run there
+# with it on their path: from a source tree whose torchext is not built, `python -m` would take
+# that one (the working directory comes first on sys.path).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchext.__file__)))
 
 
 def python_m_torchext(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -67,7 +71,7 @@ def imported_by(tmp_path, *command: str) -> set[str]:
     (tmp_path / "sitecustomize.py").write_text(
         "import atexit, sys\n"
         "atexit.register(lambda: print('MODULES', *sorted(sys.modules), file=sys.stderr))\n")
-    # This checkout's torchext, for the script too.
+    # The torchext under test, for the script too.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
     result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)

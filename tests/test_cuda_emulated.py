@@ -23,7 +23,8 @@ import torchext
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_cases  # noqa: E402
-from conftest import sum_errors  # noqa: E402
+from conftest import coefs, sum_errors  # noqa: E402
+from test_ops import COEF_CASES, make_x  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("emulated_cuda_build",
                                                ROOT / "tests" / "emulated_cuda" / "build.py")
@@ -133,6 +134,42 @@ def test_coefficients_in_another_dtype(kernels, op, layout, x_dtype, coef_dtype)
     x, cs, g = inputs(op, layout, x_dtype)
     cs = [c.to(coef_dtype) for c in cs]
     check(run(kernels, op, x, cs, g), op, x, cs, g)
+
+
+@pytest.mark.parametrize("case", list(COEF_CASES))
+@pytest.mark.parametrize("op", COEF_OPS)
+def test_coefficient_cases(kernels, op, case):
+    """tests/test_ops.py's coefficient shapes and x layouts, which its test_coefficient_shapes
+    runs on the CPU (and a GPU): coefficients of different shapes in one call (a one-element one
+    beside per-slot ones: read by pointer, and summed over the slots by finish_coefs_kernel),
+    more slots than a block, x strided, transposed or expanded."""
+    shape, coef_shapes, layout = COEF_CASES[case]
+    x = make_x(shape, layout=layout, seed=0).detach()
+    cs = [c.detach() for c in coefs(torchext.functional.OPS[op], shape=coef_shapes, seed=2)]
+    _, g = gpu_cases.randn(x.shape, torch.float32, "cpu", 1, 0)
+    check_against_cpu(run(kernels, op, x, cs, g), op, x, cs, g)
+
+
+def check_against_cpu(got, op, x, cs, g):
+    """got ([y, dx, gradients]) against torchext's CPU kernels: y and dx within gpu_cases'
+    tolerances, each gradient within twice its summation bound (both sum the same float32 terms,
+    in their own orders). Not against the float64 reference as check does: a coefficient per
+    element has one term per gradient value, whose own rounding the bound does not cover where
+    the term cancels (affine P3's u = c + d·x near P3's roots)."""
+    xx = x.clone().requires_grad_()
+    cc = [c.clone().requires_grad_() for c in cs]
+    y = getattr(torchext, op)(xx, *cc)
+    want = [y.detach(), *torch.autograd.grad(y, [xx, *cc], g)]
+    atol, rtol = gpu_cases.TOLERANCES[x.dtype]
+    for name, a, b in [("y", got[0], want[0]), ("dx", got[1], want[1])]:
+        assert a.dtype == x.dtype and a.shape == x.shape, name
+        problem = gpu_cases.mismatch(a, b, atol, rtol)
+        assert problem is None, f"{op} {name}: {problem}"
+    bounds = [bound for _, bound in gpu_cases.reference(op, x, cs, g)[2]]
+    for i, (a, b, bound) in enumerate(zip(got[2:], want[2:], bounds, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"grad {i}"
+        problem = gpu_cases.mismatch(a, b, 0.0, torch.finfo(a.dtype).eps, 2 * bound)
+        assert problem is None, f"{op} grad {i}: {problem}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

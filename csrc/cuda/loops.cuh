@@ -101,16 +101,26 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 
 // ---- coefficients and gradients as kernel arguments ---------------------------------------------
 
+// The coefficients, read where the kernels need them, in their own dtypes: no table in T first
+// (the CPU's loops build one for few slots, cpu/loops.h). A tile thread reads its slot's values
+// once for all its rows, so a table would only add a kernel launch, an allocation and, for a
+// coefficient per element, a copy of it to every call.
 template <int N>
-struct CoefArgs {  // N one-element coefficients
+struct CoefArgs {
   const void* ptr[N > 0 ? N : 1];
   math::Dtype dtype[N > 0 ? N : 1];
-  double value[N > 0 ? N : 1];  // where ptr is null
+  double value[N > 0 ? N : 1];   // where ptr is null
+  bool per_slot[N > 0 ? N : 1];  // C values (slot c's at ptr's c-th element), or one
 
+  // The values at slot c (one-element coefficients: their one value, whatever c).
   template <typename T>
-  __device__ void load(T* k) const {
+  __device__ void load(T* k, int64_t c = 0) const {
 #pragma unroll
-    for (int j = 0; j < N; ++j) k[j] = ptr[j] ? math::load<T>(ptr[j], dtype[j]) : T(value[j]);
+    for (int j = 0; j < N; ++j) {
+      const char* p = static_cast<const char*>(ptr[j]);
+      if (p && per_slot[j]) p += c * math::dtype_size(dtype[j]);
+      k[j] = p ? math::load<T>(p, dtype[j]) : T(value[j]);
+    }
   }
 };
 
@@ -121,6 +131,7 @@ CoefArgs<N> coef_args(const Call& call) {
     a.ptr[j] = call.coefs[j].data;
     a.dtype[j] = call.coefs[j].dtype;
     a.value[j] = call.coefs[j].host_value;
+    a.per_slot[j] = call.coefs[j].per_slot;
   }
   return a;
 }
@@ -337,28 +348,12 @@ inline TileArgs tile_args(const Slots& s, const Tiling& t) {
   return {s.C, s.P, t.W, t.rows, t.rows_per_tile, t.seg, t.segs, t.slots_per_tile, t.col_tiles};
 }
 
-// table[j * C + c]: coefficient j's value in slot c.
-template <typename T, int N>
-__global__ void __launch_bounds__(kThreads)
-    coef_table_kernel(CoefArgs<N> coefs, int64_t C, T* table, unsigned per_slot) {
-  const int64_t total = N * C;
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int j = static_cast<int>(i / C);
-    const int64_t c = (per_slot >> j & 1u) ? i % C : 0;
-    const char* p = static_cast<const char*>(coefs.ptr[j]);
-    table[i] = p ? math::load<T>(p + c * math::dtype_size(coefs.dtype[j]), coefs.dtype[j])
-                 : T(coefs.value[j]);
-  }
-}
-
 // Runs: a block per tile (rows [r0, r1) of one segment of slot c's run); the segment's elements
 // are read V at a time when vec (every segment then starts on a 16-byte boundary).
 template <class Op, bool kBackward, int V, typename scalar_t, typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     run_tile_kernel(TileArgs a, const scalar_t* __restrict__ g, int64_t sg, const scalar_t* x,
-                    int64_t sx, scalar_t* out, const T* __restrict__ table,
-                    T* __restrict__ partial) {
+                    int64_t sx, scalar_t* out, CoefArgs<N> coefs, T* __restrict__ partial) {
   using P = Pack<scalar_t, V>;
   const int64_t t = blockIdx.x;
   const int64_t s = t % a.segs, c = (t / a.segs) % a.C, rt = t / (a.segs * a.C);
@@ -366,8 +361,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t begin = c * a.P + s * a.seg, len = min(a.seg, a.P - s * a.seg);
   T k[N > 0 ? N : 1];
   ThreadSums<T, N> sums;
-#pragma unroll
-  for (int j = 0; j < N; ++j) k[j] = table[j * a.C + c];
+  coefs.load(k, c);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t e0 = r * a.W + begin;
     for (int64_t i = threadIdx.x * V; i < len; i += int64_t{blockDim.x} * V) {
@@ -412,8 +406,7 @@ constexpr int64_t kMaxTileCols = kThreads * kColsPerThread;
 template <class Op, bool kBackward, typename scalar_t, typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     col_tile_kernel(TileArgs a, const scalar_t* __restrict__ g, int64_t sg, const scalar_t* x,
-                    int64_t sx, scalar_t* out, const T* __restrict__ table,
-                    T* __restrict__ partial) {
+                    int64_t sx, scalar_t* out, CoefArgs<N> coefs, T* __restrict__ partial) {
   extern __shared__ unsigned char shared_raw[];
   T* shared = reinterpret_cast<T*>(shared_raw);  // [N][kMaxTileCols]
   const int64_t ct = blockIdx.x % a.col_tiles, rt = blockIdx.x / a.col_tiles;
@@ -433,8 +426,7 @@ __global__ void __launch_bounds__(kThreads)
       if (q >= ncols || (lanes > 1 && m > 0)) break;
       const int64_t slot = c0 + q / a.P;
       T k[N > 0 ? N : 1];
-#pragma unroll
-      for (int j = 0; j < N; ++j) k[j] = table[j * a.C + slot];
+      coefs.load(k, slot);
       for (int64_t r = r0 + lane; r < r1; r += lanes) {
         const int64_t e = r * a.W + c0 * a.P + q;
         if constexpr (kBackward) {
@@ -571,25 +563,11 @@ struct Kernels {
   static constexpr int N = kNumCoefs<Op>;
   using Coefs = std::array<at::Tensor, N>;
 
-  // The per-slot coefficient table on the device, [N][C] in T.
-  template <typename T>
-  static at::Tensor table_of(const Call& call, int device, cudaStream_t stream) {
-    const at::Tensor table =
-        at::empty({N * call.slots.C}, call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
-    unsigned per_slot = 0;
-    for (int j = 0; j < N; ++j) per_slot |= call.coefs[j].per_slot ? 1u << j : 0u;
-    constexpr auto kernel = coef_table_kernel<T, N>;
-    coef_table_kernel<T, N><<<grid_for<kernel>(N * call.slots.C, device), kThreads, 0, stream>>>(
-        coef_args<N>(call), call.slots.C, table.mutable_data_ptr<T>(), per_slot);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return table;
-  }
-
   // The tile kernels over the whole call (forward: partial is null).
   template <bool kBackward, typename scalar_t, typename T>
   static void launch_tiles(const Tiling& tl, const Slots& slots, const scalar_t* g, int64_t sg,
-                           const scalar_t* x, int64_t sx, scalar_t* out, const T* table, T* partial,
-                           cudaStream_t stream) {
+                           const scalar_t* x, int64_t sx, scalar_t* out, const CoefArgs<N>& coefs,
+                           T* partial, cudaStream_t stream) {
     constexpr int V = kVec<scalar_t>;
     // A block per tile: tiles hold hundreds of elements or more, so a grid beyond CUDA's 2^31 - 1
     // blocks would take some 2^40 elements; said, not assumed.
@@ -606,15 +584,15 @@ struct Kernels {
                        tl.seg % V == 0;
       if (vec) {
         run_tile_kernel<Op, kBackward, V, scalar_t, T, N>
-            <<<tl.tiles, kThreads, 0, stream>>>(a, g, sg, x, sx, out, table, partial);
+            <<<tl.tiles, kThreads, 0, stream>>>(a, g, sg, x, sx, out, coefs, partial);
       } else {
         run_tile_kernel<Op, kBackward, 1, scalar_t, T, N>
-            <<<tl.tiles, kThreads, 0, stream>>>(a, g, sg, x, sx, out, table, partial);
+            <<<tl.tiles, kThreads, 0, stream>>>(a, g, sg, x, sx, out, coefs, partial);
       }
     } else {
       const size_t shared = kBackward ? size_t{N} * kMaxTileCols * sizeof(T) : 0;
       col_tile_kernel<Op, kBackward, scalar_t, T, N>
-          <<<tl.tiles, kThreads, shared, stream>>>(a, g, sg, x, sx, out, table, partial);
+          <<<tl.tiles, kThreads, shared, stream>>>(a, g, sg, x, sx, out, coefs, partial);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -660,10 +638,9 @@ struct Kernels {
         return;
       }
       if constexpr (N > 0) {
-        const at::Tensor table = table_of<T>(call, device, stream);
         const Tiling tl = make_tiling(n, call.slots, kTileSizes);
         launch_tiles<false>(tl, call.slots, static_cast<const scalar_t*>(nullptr), 0, xp, sx, y,
-                            table.const_data_ptr<T>(), static_cast<T*>(nullptr), stream);
+                            coef_args<N>(call), static_cast<T*>(nullptr), stream);
       }
     });
   }
@@ -733,7 +710,6 @@ struct Kernels {
   template <typename scalar_t, typename T>
   static void tiled_backward(Call& call, const scalar_t* g, int64_t sg, const scalar_t* v,
                              int64_t sv, scalar_t* dx, int device, cudaStream_t stream) {
-    const at::Tensor table = table_of<T>(call, device, stream);
     const Tiling tl = make_tiling(call.numel, call.slots, kTileSizes);
     at::Tensor partial;
     T* p = nullptr;
@@ -742,7 +718,7 @@ struct Kernels {
                           call.out.options().dtype(c10::CppTypeToScalarType<T>::value));
       p = partial.mutable_data_ptr<T>();
     }
-    launch_tiles<true>(tl, call.slots, g, sg, v, sv, dx, table.const_data_ptr<T>(), p, stream);
+    launch_tiles<true>(tl, call.slots, g, sg, v, sv, dx, coef_args<N>(call), p, stream);
     if (p) finish_tiles<T>(call, tl, p, device, stream);
   }
 

@@ -325,7 +325,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block: adds the blocks' partial sums in a fixed order and stores each gradient.
+// One block: adds the blocks' partial sums in a fixed order and stores each one-element
+// gradient (the per-slot ones of a tiled call are the finish kernels' below).
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     finish_flat_kernel(const T* __restrict__ partial, int64_t blocks, GradArgs<N> out) {
@@ -334,7 +335,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < N; ++j) sums.add(j, partial[b * N + j]);
   block_sum(sums);
   if (threadIdx.x == 0)
-    for (int j = 0; j < N; ++j) math::store(out.ptr[j], out.dtype[j], sums.total(j));
+    for (int j = 0; j < N; ++j)
+      if (!out.per_slot[j]) math::store(out.ptr[j], out.dtype[j], sums.total(j));
 }
 
 // ---- per-slot coefficients: tile kernels ------------------------------------------------------
@@ -524,18 +526,29 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The gradients of the one-element coefficients (of a call whose others are per slot): the sum
-// of their slots' sums.
+// of their slots' sums, kSlotsPerBlock slots a block. One block stores the gradients; several
+// (a coefficient per element beside a one-element one: millions of slots, which one block would
+// add alone) write their sums to partial[block * N + j], for finish_flat_kernel to add.
+constexpr int64_t kSlotsPerBlock = 16 * kThreads;
+
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
-    finish_coefs_kernel(int64_t C, const T* __restrict__ slot_sums, GradArgs<N> out) {
+    finish_coefs_kernel(int64_t C, const T* __restrict__ slot_sums, GradArgs<N> out,
+                        T* __restrict__ partial) {
+  const int64_t c0 = int64_t{blockIdx.x} * kSlotsPerBlock, c1 = min(C, c0 + kSlotsPerBlock);
   ThreadSums<T, N> sums;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x)
     for (int j = 0; j < N; ++j)
       if (!out.per_slot[j]) sums.add(j, slot_sums[j * C + c]);
   block_sum(sums);
-  if (threadIdx.x == 0)
-    for (int j = 0; j < N; ++j)
-      if (!out.per_slot[j]) math::store(out.ptr[j], out.dtype[j], sums.total(j));
+  if (threadIdx.x != 0) return;
+  for (int j = 0; j < N; ++j) {
+    if (partial) {
+      partial[blockIdx.x * N + j] = out.per_slot[j] ? T(0) : sums.total(j);
+    } else if (!out.per_slot[j]) {
+      math::store(out.ptr[j], out.dtype[j], sums.total(j));
+    }
+  }
 }
 
 // ---- drivers ----------------------------------------------------------------------------------
@@ -746,7 +759,17 @@ struct Kernels {
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (!totals) return;
-    finish_coefs_kernel<T, N><<<1, kThreads, 0, stream>>>(C, sums, out);
+    const int64_t blocks = (C + kSlotsPerBlock - 1) / kSlotsPerBlock;
+    at::Tensor block_sums;
+    T* p = nullptr;
+    if (blocks > 1) {
+      block_sums = at::empty({blocks * N}, slot_sums.options());
+      p = block_sums.mutable_data_ptr<T>();
+    }
+    finish_coefs_kernel<T, N><<<blocks, kThreads, 0, stream>>>(C, sums, out, p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!p) return;
+    finish_flat_kernel<T, N><<<1, kThreads, 0, stream>>>(p, blocks, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

@@ -100,7 +100,10 @@ def reference(op: str, x, cs, g):
     per-element terms g·∂y/∂c: their sum is the gradient, and ``bound`` = 16 ε Σ|terms| (ε of
     the op-math type, float32 or float64) bounds the error of any summation order in that type,
     including the rounding of each term, with a wide margin: a dropped block of a few dozen
-    elements still exceeds it."""
+    elements still exceeds it. Not the rounding of a term that cancels, though (affine P3's
+    g·P3(u) with u = c + d·x rounded near a root of P3): where a slot has only a few terms (a
+    coefficient per element), compare with the CPU kernels' gradients instead, which sum the same
+    terms (tests/test_cuda_emulated.py's check_against_cpu)."""
     x64 = x.detach().double().requires_grad_()
     full = [c.detach().double().expand(torch.broadcast_shapes(x.shape, c.shape))
             .clone().requires_grad_() if isinstance(c, torch.Tensor) else c for c in cs]

@@ -83,13 +83,31 @@ def check(got, op, x, cs, g):
     """got ([y, dx, gradients]) against the float64 reference: y and dx within gpu_cases'
     tolerances, each gradient within its summation bound and one rounding to its dtype."""
     y, dx, grads = gpu_cases.reference(op, x, cs, g)
+    compare(got, op, x, cs, [y, dx, *[want for want, _ in grads]], [bound for _, bound in grads])
+
+
+def check_against_cpu(got, op, x, cs, g):
+    """got against torchext's CPU kernels, each gradient within twice its summation bound (both
+    sum the same float32 terms, in their own orders). Not against the float64 reference as check
+    does: a coefficient per element has one term per gradient value, whose own rounding the bound
+    does not cover where the term cancels (affine P3's u = c + d·x near P3's roots)."""
+    xx = x.clone().requires_grad_()
+    cc = [c.clone().requires_grad_() for c in cs]
+    y = getattr(torchext, op)(xx, *cc)
+    want = [y.detach(), *torch.autograd.grad(y, [xx, *cc], g)]
+    compare(got, op, x, cs, want, [2 * bound for _, bound in gpu_cases.reference(op, x, cs, g)[2]])
+
+
+def compare(got, op, x, cs, want, bounds):
+    """got against want ([y, dx, gradients]): y and dx within gpu_cases' tolerances, gradient i
+    in its coefficient's dtype and shape, within bounds[i] and one rounding to its dtype."""
     atol, rtol = gpu_cases.TOLERANCES[x.dtype]
-    for name, a, b in [("y", got[0], y), ("dx", got[1], dx)]:
+    for name, a, b in [("y", got[0], want[0]), ("dx", got[1], want[1])]:
         assert a.dtype == x.dtype and a.shape == x.shape, name
         problem = gpu_cases.mismatch(a, b, atol, rtol)
         assert problem is None, f"{op} {name}: {problem}"
-    assert len(got) == 2 + len(grads)
-    for i, (a, c, (b, bound)) in enumerate(zip(got[2:], cs, grads, strict=True)):
+    assert len(got) == len(want)
+    for i, (a, c, b, bound) in enumerate(zip(got[2:], cs, want[2:], bounds, strict=True)):
         assert a.dtype == c.dtype and a.shape == c.shape, f"grad {i}"
         problem = gpu_cases.mismatch(a, b, 0.0, torch.finfo(a.dtype).eps, bound)
         assert problem is None, f"{op} grad {i}: {problem}"
@@ -148,28 +166,6 @@ def test_coefficient_cases(kernels, op, case):
     cs = [c.detach() for c in coefs(torchext.functional.OPS[op], shape=coef_shapes, seed=2)]
     _, g = gpu_cases.randn(x.shape, torch.float32, "cpu", 1, 0)
     check_against_cpu(run(kernels, op, x, cs, g), op, x, cs, g)
-
-
-def check_against_cpu(got, op, x, cs, g):
-    """got ([y, dx, gradients]) against torchext's CPU kernels: y and dx within gpu_cases'
-    tolerances, each gradient within twice its summation bound (both sum the same float32 terms,
-    in their own orders). Not against the float64 reference as check does: a coefficient per
-    element has one term per gradient value, whose own rounding the bound does not cover where
-    the term cancels (affine P3's u = c + d·x near P3's roots)."""
-    xx = x.clone().requires_grad_()
-    cc = [c.clone().requires_grad_() for c in cs]
-    y = getattr(torchext, op)(xx, *cc)
-    want = [y.detach(), *torch.autograd.grad(y, [xx, *cc], g)]
-    atol, rtol = gpu_cases.TOLERANCES[x.dtype]
-    for name, a, b in [("y", got[0], want[0]), ("dx", got[1], want[1])]:
-        assert a.dtype == x.dtype and a.shape == x.shape, name
-        problem = gpu_cases.mismatch(a, b, atol, rtol)
-        assert problem is None, f"{op} {name}: {problem}"
-    bounds = [bound for _, bound in gpu_cases.reference(op, x, cs, g)[2]]
-    for i, (a, b, bound) in enumerate(zip(got[2:], want[2:], bounds, strict=True)):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"grad {i}"
-        problem = gpu_cases.mismatch(a, b, 0.0, torch.finfo(a.dtype).eps, 2 * bound)
-        assert problem is None, f"{op} grad {i}: {problem}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -155,16 +155,17 @@ def test_coefficients_in_another_dtype(kernels, op, layout, x_dtype, coef_dtype)
 
 
 @pytest.mark.parametrize("case", list(COEF_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("op", COEF_OPS)
-def test_coefficient_cases(kernels, op, case):
+def test_coefficient_cases(kernels, op, dtype, case):
     """tests/test_ops.py's coefficient shapes and x layouts, which its test_coefficient_shapes
     runs on the CPU (and a GPU): coefficients of different shapes in one call (a one-element one
     beside per-slot ones: read by pointer, and summed over the slots by finish_coefs_kernel),
-    more slots than a block, x strided, transposed or expanded."""
+    more slots than a block, x strided, transposed or expanded; float32 and bfloat16."""
     shape, coef_shapes, layout = COEF_CASES[case]
-    x = make_x(shape, layout=layout, seed=0).detach()
-    cs = [c.detach() for c in coefs(torchext.functional.OPS[op], shape=coef_shapes, seed=2)]
-    _, g = gpu_cases.randn(x.shape, torch.float32, "cpu", 1, 0)
+    x = make_x(shape, dtype, layout=layout, seed=0).detach()
+    cs = [c.detach() for c in coefs(torchext.functional.OPS[op], dtype, shape=coef_shapes, seed=2)]
+    _, g = gpu_cases.randn(x.shape, dtype, "cpu", 1, 0)
     check_against_cpu(run(kernels, op, x, cs, g), op, x, cs, g)
 
 

@@ -86,8 +86,10 @@ def randn(shape, dtype, device, seed: int, offset: int = 0):
 
 
 def coefs(op: str, shape, dtype, device, seed: int):
-    """(host, device) lists of the op's coefficients, seeded normals shaped ``shape``."""
-    pairs = [randn(shape, dtype, device, seed + k) for k in range(ops()[op])]
+    """(host, device) lists of the op's coefficients, seeded normals shaped ``shape`` (one shape
+    for all, or a list of shapes taken in turn)."""
+    shapes = shape if isinstance(shape, list) else [shape]
+    pairs = [randn(shapes[k % len(shapes)], dtype, device, seed + k) for k in range(ops()[op])]
     return [h for h, _ in pairs], [d for _, d in pairs]
 
 

@@ -5,8 +5,9 @@ Per op and dtype: a vectorized (16-byte aligned) run with a tail, the same misal
 one element into their buffers: the scalar path), both again at a size beyond one full wave of
 blocks (3·2^20+5 elements: more than one grid-stride iteration on 132 SMs), a length shorter than
 one vector, and a 0-dim x. Per op: an empty x, double backward; per coefficient op: float16,
-bfloat16 and float64 coefficients, Python numbers, and per-channel / per-group coefficients
-(skipped, with a note, where the op does not take them yet).
+bfloat16 and float64 coefficients, Python numbers, per-channel / per-group coefficients, and
+per-slot ones beside one-element ones (whose gradients are added over the slots: by two blocks
+and a second stage beyond 4096 slots).
 
 The GPU work of all cases is queued first, with no host synchronization between cases; one
 synchronization, then every result is compared on the host with the reference (computed on the
@@ -41,7 +42,7 @@ class Case:
     shape: tuple
     dtype: torch.dtype = torch.float32
     offset: int = 0  # elements into x's and g's buffers: 0 aligned, 1 misaligned
-    coef_shape: tuple | None = ()  # None: Python numbers
+    coef_shape: tuple | list | None = ()  # None: Python numbers; a list: shapes taken in turn
     coef_dtype: torch.dtype = torch.float32
     double_backward: bool = False
 
@@ -82,6 +83,10 @@ def cases(wave_n: int, tensor_coefs_only: bool) -> tuple[list[Case], list[str]]:
             out += [Case(op, x_shape, coef_shape=coef_shape),
                     Case(op, x_shape, torch.bfloat16, offset=1, coef_shape=coef_shape),
                     Case(op, big, coef_shape=coef_shape)]
+        # Per channel beside one-element (64 terms a slot: the reference's bound covers their
+        # rounding), on 100 and on 4100 slots.
+        out += [Case(op, (64, 100), coef_shape=[(100,), ()]),
+                Case(op, (64, 4100), coef_shape=[(4100,), ()])]
     return out, notes
 
 

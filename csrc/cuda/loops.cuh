@@ -325,8 +325,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block: adds the blocks' partial sums in a fixed order and stores each one-element
-// gradient (the per-slot ones of a tiled call are the finish kernels' below).
+// Thread 0 stores a block's sums as the one-element gradients (the per-slot ones of a tiled
+// call are the finish kernels' below).
+template <typename T, int N>
+__device__ void store_one_element_grads(const GradArgs<N>& out, const ThreadSums<T, N>& sums) {
+  if (threadIdx.x != 0) return;
+  for (int j = 0; j < N; ++j)
+    if (!out.per_slot[j]) math::store(out.ptr[j], out.dtype[j], sums.total(j));
+}
+
+// One block: adds the blocks' partial sums in a fixed order and stores the gradients.
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     finish_flat_kernel(const T* __restrict__ partial, int64_t blocks, GradArgs<N> out) {
@@ -334,9 +342,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x)
     for (int j = 0; j < N; ++j) sums.add(j, partial[b * N + j]);
   block_sum(sums);
-  if (threadIdx.x == 0)
-    for (int j = 0; j < N; ++j)
-      if (!out.per_slot[j]) math::store(out.ptr[j], out.dtype[j], sums.total(j));
+  store_one_element_grads(out, sums);
 }
 
 // ---- per-slot coefficients: tile kernels ------------------------------------------------------
@@ -541,14 +547,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < N; ++j)
       if (!out.per_slot[j]) sums.add(j, slot_sums[j * C + c]);
   block_sum(sums);
-  if (threadIdx.x != 0) return;
-  for (int j = 0; j < N; ++j) {
-    if (partial) {
-      partial[blockIdx.x * N + j] = out.per_slot[j] ? T(0) : sums.total(j);
-    } else if (!out.per_slot[j]) {
-      math::store(out.ptr[j], out.dtype[j], sums.total(j));
-    }
-  }
+  if (!partial) return store_one_element_grads(out, sums);
+  // (Zero for a per-slot coefficient: none of its sums were added.)
+  if (threadIdx.x == 0)
+    for (int j = 0; j < N; ++j) partial[blockIdx.x * N + j] = sums.total(j);
 }
 
 // ---- drivers ----------------------------------------------------------------------------------

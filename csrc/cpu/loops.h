@@ -93,6 +93,16 @@ bool beyond_the_caches(int64_t numel, int arrays) {
   return call_bytes<scalar_t>(numel, arrays) > kStreamBytes;
 }
 
+// How far ahead a per-channel forward beyond the caches, row by row, prefetches the result's lines
+// for writing (loops_impl.h's forward_segment; rows in T only). Its loop loads each element's
+// coefficients beside x, and keeps fewer of the result's write misses in flight than the
+// one-element loop does. In the bench, forward per channel / one-element on 8x112x112x32 (narrow
+// rows, folded to 128 columns) float32: cubic 1.08 to 1.33 without, 0.96 to 1.04 with; affine P3
+// 1.14 to 1.64, 1.01 to 1.07; at 32x197x768 about the same, within the noise. Prefetching x too
+// gained nothing, nor did the one-element loop, nor bfloat16 rows (through buffers), nor eight
+// rows at once (benchmarks/NOTES.md §34).
+constexpr int64_t kWriteAheadBytes = int64_t{2} << 10;
+
 // A core's own cache (its L2: 1 MB a core on the development machine).
 constexpr int64_t kCoreCacheBytes = int64_t{1} << 20;
 

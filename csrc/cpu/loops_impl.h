@@ -576,10 +576,16 @@ struct Tile {
   }
 
   // Elements [e, e + len) of one row, a block at a time, element e + q taking the coefficients
-  // k[j * kstride + q].
+  // k[j * kstride + q]; beyond the caches each block first prefetches for writing the result's
+  // lines kWriteAheadBytes on (cpu/loops.h says why).
   void forward_segment(int64_t e, int64_t len, const T* k, int64_t kstride) const {
-    for (int64_t q = 0; q < len; q += kBlock)
-      forward_block(e + q, std::min(kBlock, len - q), k + q, kstride);
+    constexpr int64_t ahead = kWriteAheadBytes / int64_t{sizeof(T)};
+    const bool write_ahead = std::is_same_v<T, scalar_t> && job.stream;
+    for (int64_t q = 0; q < len; q += kBlock) {
+      const int64_t n = std::min(kBlock, len - q);
+      if (write_ahead) prefetch_lines</*kWrite=*/true>(job.out + e + q, ahead, n);
+      forward_block(e + q, n, k + q, kstride);
+    }
   }
 
   // Rows [c.r0, c.r1) of the columns of slots [c.c0, c.c1), taking their coefficients k:

@@ -229,11 +229,17 @@ constexpr int kRowsPerFlush = 32;
 // gained nothing and keep four.
 constexpr int kWideRowsAtOnce = 8;
 static_assert(kWideRowsAtOnce > kRowsAtOnce);
+// A float32 or float64 backward beyond the caches (Tile::strips): rows taken at once. Each strip
+// prefetches its lines in the next rows; two rows at a time are six streams where four are twelve,
+// and the backward per channel / one-element at 8x197x3072 float32 read 1.25 to 1.48 against four
+// rows' 1.67 to 1.92, at 32x197x768 1.43 to 1.55 against 1.62 to 1.67; eight rows 2.1 to 2.5
+// (benchmarks/NOTES.md §34). 16-bit rows, through buffers, were not measured and keep four.
+constexpr int kStreamRowsAtOnce = 2;
 // Short runs: about how many terms a lane adds plainly before they join its compensated sum. Tiles
 // of 20 rows of two runs of 200, summed plainly (500 terms a lane), were less accurate than
 // torch.sum (test_coefficient_gradients_as_accurate_as_torch_sum).
 constexpr int64_t kShortJoinTerms = 128;
-static_assert(kRowsPerFlush % kRowsAtOnce == 0);
+static_assert(kRowsPerFlush % kRowsAtOnce == 0 && kRowsPerFlush % kStreamRowsAtOnce == 0);
 
 // Compensated sums per lane, kept over a tile's run: the lane accumulators of each block of
 // kLaneBlock elements are added plainly to block (absorb), and every kFlush elements block joins
@@ -890,19 +896,25 @@ struct Tile {
     // Rows whole: all but a folded tiling's last, which may hold fewer columns.
     const int64_t whole = tl.numel / tl.W;
     bool joined = false;
+    // Beyond the caches rows in T take kStreamRowsAtOnce rows at a time: strips where they lie in
+    // place, else (a strided gradient, say) the same rows through buffers, for the same bits.
+    const bool strips = job.stream && std::is_same_v<T, scalar_t>;
+    const int at_once = strips ? kStreamRowsAtOnce : kRowsAtOnce;
     for (int64_t row = c.r0; row < c.r1;) {
-      const bool group = row + kRowsAtOnce <= std::min(c.r1, whole);
+      const bool group = row + at_once <= std::min(c.r1, whole);
       const int64_t cols = row < whole ? ncols : tl.numel - row * tl.W;
       for (int64_t q = 0; q < cols; q += block) {
         const int64_t e = row * tl.W + c.c0 * P + q, len = std::min(block, cols - q);
         T* const a = S > 0 ? acc + q : nullptr;
-        if (group) {
-          backward_columns<kRowsAtOnce>(e, len, k + q, kstride, a, ncols);
-        } else {
+        if (!group) {
           backward_columns<1>(e, len, k + q, kstride, a, ncols);
+        } else if (strips) {
+          backward_columns<kStreamRowsAtOnce>(e, len, k + q, kstride, a, ncols);
+        } else {
+          backward_columns<kRowsAtOnce>(e, len, k + q, kstride, a, ncols);
         }
       }
-      row += group ? kRowsAtOnce : 1;
+      row += group ? at_once : 1;
       if constexpr (S > 0) {
         if ((row - c.r0) % kRowsPerFlush == 0 || row == c.r1) {
           if (row == c.r1 && ncols == c.c1 - c.c0) return finish_columns(c, rt, acc, sum, comp);

@@ -898,8 +898,8 @@ struct Tile {
     bool joined = false;
     // Beyond the caches rows in T take kStreamRowsAtOnce rows at a time: strips where they lie in
     // place, else (a strided gradient, say) the same rows through buffers, for the same bits.
-    const bool strips = job.stream && std::is_same_v<T, scalar_t>;
-    const int at_once = strips ? kStreamRowsAtOnce : kRowsAtOnce;
+    const bool streaming = job.stream && std::is_same_v<T, scalar_t>;
+    const int at_once = streaming ? kStreamRowsAtOnce : kRowsAtOnce;
     for (int64_t row = c.r0; row < c.r1;) {
       const bool group = row + at_once <= std::min(c.r1, whole);
       const int64_t cols = row < whole ? ncols : tl.numel - row * tl.W;
@@ -908,7 +908,7 @@ struct Tile {
         T* const a = S > 0 ? acc + q : nullptr;
         if (!group) {
           backward_columns<1>(e, len, k + q, kstride, a, ncols);
-        } else if (strips) {
+        } else if (streaming) {
           backward_columns<kStreamRowsAtOnce>(e, len, k + q, kstride, a, ncols);
         } else {
           backward_columns<kRowsAtOnce>(e, len, k + q, kstride, a, ncols);
